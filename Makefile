@@ -1,0 +1,32 @@
+# Two entry points do all set-up: `make demo` and `make test`. Each builds .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: demo test lint bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev,taskiq,hatchet]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mageflow demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check mageflow tests
+	$(BIN)/ruff format --check mageflow tests
+	$(BIN)/mypy mageflow
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mageflow .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,65 @@
+"""mageflow: compose async tasks (signatures, callbacks, chains, swarms) over task engines.
+
+The public API is what this module exports; ``tests/test_public_api.py`` pins it.
+"""
+
+from mageflow.api import asign, load_signature, sign
+from mageflow.client import Mageflow, current_client
+from mageflow.config import MageflowConfig, TTLConfig
+from mageflow.errors import (
+    CallbackModelError,
+    ConfigurationError,
+    EmbeddedRedisError,
+    InvalidTransitionError,
+    MageflowError,
+    MessageValidationError,
+    NonRetryableError,
+    RedisUnavailableError,
+    SignatureNotFoundError,
+    SwarmClosedError,
+    SwarmFullError,
+    TaskAlreadyRunningError,
+    TaskCanceledError,
+    TaskFailedError,
+    UnknownTaskError,
+)
+from mageflow.models.message import ContextMessage, ErrorValue, ReturnValue, TaskError
+from mageflow.signature import Signature, TaskSignature
+from mageflow.status import SignatureStatus
+from mageflow.tasks import MageflowTask
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CallbackModelError",
+    "ConfigurationError",
+    "ContextMessage",
+    "EmbeddedRedisError",
+    "ErrorValue",
+    "InvalidTransitionError",
+    "Mageflow",
+    "MageflowConfig",
+    "MageflowError",
+    "MageflowTask",
+    "MessageValidationError",
+    "NonRetryableError",
+    "RedisUnavailableError",
+    "ReturnValue",
+    "Signature",
+    "SignatureNotFoundError",
+    "SignatureStatus",
+    "SwarmClosedError",
+    "SwarmFullError",
+    "TTLConfig",
+    "TaskAlreadyRunningError",
+    "TaskCanceledError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskSignature",
+    "UnknownTaskError",
+    "__version__",
+    "asign",
+    "current_client",
+    "load_signature",
+    "sign",
+]

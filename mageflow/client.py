@@ -1,0 +1,269 @@
+"""The mageflow client: one object that registers tasks, signs and runs workflows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, overload
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from mageflow import compose
+from mageflow.config import MageflowConfig
+from mageflow.engines import Engine, resolve_engine
+from mageflow.errors import ConfigurationError, UnknownTaskError
+from mageflow.runtime import Runtime
+from mageflow.signature import Signature, TaskSignature
+from mageflow.store.connect import resolve_redis
+from mageflow.store.keys import KeySchema
+from mageflow.store.records import Record
+from mageflow.store.redis_store import Store
+from mageflow.tasks import MageflowTask, TaskDef, TaskFunction, infer_validator, wants_context
+from mageflow.waiting import Notifier
+
+_current: Mageflow | None = None
+
+
+def current_client() -> Mageflow:
+    """The most recently created client (what ``mageflow.sign(...)`` and friends use)."""
+    if _current is None:
+        raise ConfigurationError(
+            "no mageflow client yet: create one first, e.g. mf = Mageflow() (in-process engine) "
+            "or Mageflow(engine_client, redis_client)."
+        )
+    return _current
+
+
+class Mageflow:
+    """Registers tasks on an engine and composes them, with workflow state in Redis.
+
+    ``engine_client``: None for the in-process engine, a taskiq broker, a ``hatchet_sdk.Hatchet``,
+    or an :class:`~mageflow.engines.Engine`. ``redis_client``: a ``redis.asyncio.Redis``, a URL, or
+    None for ``$REDIS_URL`` or else a private embedded Redis server.
+    """
+
+    def __init__(
+        self,
+        engine_client: Any = None,
+        redis_client: aioredis.Redis | str | None = None,
+        *,
+        config: MageflowConfig | None = None,
+    ) -> None:
+        global _current
+        self.config = config or MageflowConfig()
+        self.keys = KeySchema(self.config.namespace)
+        self.engine: Engine = resolve_engine(engine_client)
+        self.engine_client = engine_client
+        self._redis_arg = redis_client
+        self._tasks: dict[str, TaskDef] = {}
+        self._remote_meta: dict[str, dict[str, Any]] = {}
+        self._store: Store | None = None
+        self._runtime: Runtime | None = None
+        self._notifier: Notifier | None = None
+        self._owns_redis = False
+        self._start_lock: asyncio.Lock | None = None
+        _current = self
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    @overload
+    def task(self, name: TaskFunction) -> MageflowTask: ...
+
+    @overload
+    def task(
+        self, name: str | None = None, **options: Any
+    ) -> Callable[[TaskFunction], MageflowTask]: ...
+
+    def task(self, name: Any = None, **options: Any) -> Any:
+        """Register an async function as a task: ``@mf.task`` or ``@mf.task(name=..., ...)``.
+
+        Options: ``input_validator`` (pydantic model; default: the first parameter's annotation),
+        ``retries``, ``timeout`` (seconds per attempt), ``with_context`` (pass the engine's context
+        as the second argument; default: when the function takes two parameters). Other options go
+        to the engine.
+        """
+        if callable(name):
+            return self._register(name, None, options)
+        return lambda fn: self._register(fn, name, options)
+
+    def durable_task(self, name: Any = None, **options: Any) -> Any:
+        """Like :meth:`task`, for durable tasks (signatures they create are reused on retry)."""
+        return self.task(name, durable=True, **options)
+
+    def _register(
+        self, fn: TaskFunction, name: str | None, options: dict[str, Any]
+    ) -> MageflowTask:
+        opts = dict(options)
+        with_context = opts.pop("with_context", None)
+        timeout = opts.pop("timeout", opts.pop("execution_timeout", None))
+        definition = TaskDef(
+            name=name or opts.pop("name", None) or fn.__name__,
+            fn=fn,
+            input_validator=opts.pop("input_validator", None) or infer_validator(fn),
+            retries=int(opts.pop("retries", 0)),
+            timeout=_seconds(timeout),
+            with_context=wants_context(fn) if with_context is None else bool(with_context),
+            durable=bool(opts.pop("durable", False)),
+            options=opts,
+        )
+        if definition.name in self._tasks:
+            raise ConfigurationError(f"a task named {definition.name!r} is already registered")
+        self._tasks[definition.name] = definition
+        engine_task = self.engine.register(definition, self._run)
+        return MageflowTask(definition, self, engine_task)
+
+    async def _run(self, task: TaskDef, envelope: Any, attempt: int, ctx: Any) -> Any:
+        await self.ensure_started()
+        return await self.runtime.run(task, envelope, attempt, ctx)
+
+    @property
+    def tasks(self) -> dict[str, TaskDef]:
+        return dict(self._tasks)
+
+    def resolve_task(self, ref: Any) -> TaskDef:
+        """The definition behind a task name or decorated task; UnknownTaskError if none."""
+        if isinstance(ref, MageflowTask):
+            return ref.definition
+        if isinstance(ref, TaskDef):
+            return ref
+        if not isinstance(ref, str):
+            raise TypeError(
+                f"expected a task name or a task decorated with @mf.task, not {type(ref).__name__}"
+            )
+        local = self._tasks.get(ref)
+        if local is not None:
+            return local
+        if self.engine.remote_workers and ref in self._remote_meta:
+            return TaskDef(name=ref, fn=_remote_only)
+        known = list(self._tasks) + (list(self._remote_meta) if self.engine.remote_workers else [])
+        raise UnknownTaskError(ref, known)
+
+    def task_meta(self, name: str) -> dict[str, Any] | None:
+        local = self._tasks.get(name)
+        return local.meta() if local else self._remote_meta.get(name)
+
+    async def refresh_registry(self) -> None:
+        """Re-read the task names workers have published (for signing tasks by name)."""
+        raw = await self.store.registry()
+        self._remote_meta = {name: json.loads(meta) for name, meta in raw.items()}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def ensure_started(self) -> None:
+        if self._store is not None:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._store is None:
+                await self._start()
+
+    async def _start(self) -> None:
+        client, self._owns_redis = await resolve_redis(self._redis_arg, self.config.data_dir)
+        store = Store(client, self.keys, self.config.ttl)
+        await store.ping()
+        await store.register_tasks({n: t.meta_json() for n, t in self._tasks.items()})
+        self._runtime = Runtime(store, self.engine, self.config)
+        self._notifier = Notifier(store)
+        self._store = store
+        await self.refresh_registry()
+        await self.engine.start()
+
+    start = ensure_started
+
+    async def close(self) -> None:
+        """Wait for in-flight in-process work, then release connections."""
+        if self._store is None:
+            return
+        await self.engine.stop()
+        if self._notifier is not None:
+            await self._notifier.close()
+        if self._owns_redis:
+            await self._store.redis.aclose()
+        self._store = self._runtime = self._notifier = None
+
+    async def __aenter__(self) -> Mageflow:
+        await self.ensure_started()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise ConfigurationError("the client is not started: await mf.start() first")
+        return self._store
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise ConfigurationError("the client is not started: await mf.start() first")
+        return self._runtime
+
+    @property
+    def notifier(self) -> Notifier:
+        if self._notifier is None:
+            raise ConfigurationError("the client is not started: await mf.start() first")
+        return self._notifier
+
+    # -- composing ------------------------------------------------------------------------------
+
+    async def sign(
+        self,
+        task: str | MageflowTask | Signature,
+        success_callbacks: Sequence[Any] | None = None,
+        error_callbacks: Sequence[Any] | None = None,
+        model_validators: type[BaseModel] | None = None,
+        **kwargs: Any,
+    ) -> Signature:
+        """Store a signature: ``task`` plus bound ``kwargs`` and callbacks (signatures too)."""
+        await self.ensure_started()
+        if isinstance(task, str) and task not in self._tasks and task not in self._remote_meta:
+            await self.refresh_registry()
+        return await compose.sign(
+            self,
+            task,
+            success_callbacks=success_callbacks,
+            error_callbacks=error_callbacks,
+            model_validators=model_validators,
+            kwargs=kwargs,
+        )
+
+    asign = sign
+
+    async def load_signature(self, key: str) -> Signature:
+        """The signature stored under ``key`` (raises SignatureNotFoundError)."""
+        await self.ensure_started()
+        return self.handle(await self.store.load(key))
+
+    def handle(self, record: Record) -> Signature:
+        return TaskSignature(self, record)
+
+    async def duplicate(self, sig: Signature, **kwargs: Any) -> Signature:
+        """A new pending signature with ``sig``'s task, kwargs (updated by ``kwargs``) and copies
+        of its callbacks."""
+        await sig.aload()
+        new_key = self.keys.new_signature()
+        await compose.copy_tree(self, sig.key, new_key, "", "", move=False)
+        copy = await self.load_signature(new_key)
+        if kwargs:
+            await copy.kwargs.aupdate(**kwargs)
+        return copy
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    if hasattr(value, "total_seconds"):
+        return float(value.total_seconds())
+    if isinstance(value, str):  # Hatchet style: "30s", "5m", "1h"
+        units = {"s": 1, "m": 60, "h": 3600}
+        return float(value[:-1]) * units[value[-1]] if value[-1] in units else float(value)
+    return float(value)
+
+
+async def _remote_only(*_: Any) -> Any:
+    raise ConfigurationError("this task is registered by another worker and cannot run here")

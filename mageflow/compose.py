@@ -1,0 +1,216 @@
+"""Building signatures: sign a task, attach callbacks, and gather children under one workflow.
+
+Every signature lives under its workflow's hash tag. A signature signed on its own starts a workflow
+of its own; when it is later attached to a parent (as a callback, chain step or swarm member) it is
+moved under the parent's tag, and the handle you hold follows it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from mageflow.errors import (
+    CallbackModelError,
+    InvalidTransitionError,
+    MageflowError,
+    SignatureNotFoundError,
+)
+from mageflow.store import keys as K
+from mageflow.store.records import NewRecord, Record, kwarg_fields
+from mageflow.tasks import remember_model
+
+if TYPE_CHECKING:
+    from mageflow.client import Mageflow
+    from mageflow.signature import Signature
+
+
+def new_fields(kind: str, task_name: str, kwargs: dict[str, Any], **extra: str) -> dict[str, str]:
+    fields = {
+        "kind": kind,
+        "task": task_name,
+        "st": "pending",
+        "ts_c": str(int(time.time() * 1000)),
+    }
+    fields.update(kwarg_fields(kwargs))
+    fields.update({k: v for k, v in extra.items() if v})
+    return fields
+
+
+#: Fields that describe a run rather than the plan; a copy starts without them.
+RUN_STATE_FIELDS = (
+    "res",
+    "error",
+    "att",
+    "lease",
+    "ts_s",
+    "ts_f",
+    "parked",
+    "run",
+    "cur",
+    "running",
+    "nok",
+    "nfail",
+    "msg",
+    "ret",
+)
+
+
+class Plan:
+    """Records and moves to write together in one MULTI/EXEC for a new parent signature."""
+
+    def __init__(self, client: Mageflow, wf: str) -> None:
+        self.client = client
+        self.wf = wf
+        self.records: list[NewRecord] = []
+        self.moves: list[tuple[Signature, str, str, str]] = []  # (handle, new key, parent, owner)
+
+    def child(self, ref: Any, parent: str, owner: str) -> str:
+        """Key of ``ref`` inside this workflow: a new record for a task, a move for a signature."""
+        from mageflow.signature import Signature
+
+        if isinstance(ref, Signature):
+            new_key = K.rekey(ref.key, self.wf)
+            self.moves.append((ref, new_key, parent, owner))
+            return new_key
+        definition = self.client.resolve_task(ref)
+        key = self.client.keys.signature(self.wf, K.new_id())
+        self.records.append(
+            NewRecord(key, new_fields("task", definition.name, {}, parent=parent, own=owner))
+        )
+        return key
+
+    async def commit(self) -> None:
+        moves = [(sig.key, new, parent, owner) for sig, new, parent, owner in self.moves]
+        answers = await self.client.store.create(self.records, moves)
+        try:
+            for (sig, new_key, parent, owner), answer in zip(self.moves, answers, strict=True):
+                await self._settle(sig, new_key, parent, owner, answer)
+        except MageflowError:
+            await self.client.store.write_raw([], [r.key for r in self.records])
+            raise
+
+    async def _settle(
+        self, sig: Signature, new_key: str, parent: str, owner: str, answer: list[str]
+    ) -> None:
+        verdict = answer[0]
+        if verdict == "ok":
+            sig.key = new_key
+        elif verdict == "moved":
+            # Someone moved it first: our handle was stale. Try again from where it is now.
+            sig.key = answer[1]
+            again = await self.client.store.create([], [(sig.key, new_key, parent, owner)])
+            await self._settle(sig, new_key, parent, owner, again[0])
+        elif verdict in ("tree", "owned"):
+            await copy_tree(self.client, sig.key, new_key, parent, owner, move=verdict == "tree")
+            if verdict == "tree":
+                sig.key = new_key
+        elif verdict == "missing":
+            raise SignatureNotFoundError(sig.key)
+        else:
+            raise InvalidTransitionError(sig.key, answer[1], "attach")
+
+
+async def copy_tree(
+    client: Mageflow, old_root: str, new_root: str, parent: str, owner: str, *, move: bool
+) -> None:
+    """Write the subtree under ``old_root`` again at ``new_root``'s workflow.
+
+    ``move`` keeps descendants' ids (and deletes the old keys); otherwise it makes an independent
+    copy with new ids, used when a signature already belongs to another parent.
+    """
+    wf = K.workflow_of(new_root)
+    mapping = {old_root: new_root}
+    records: dict[str, Record] = {}
+    members: dict[str, list[str]] = {}
+    frontier = [old_root]
+    while frontier:
+        batch, frontier = frontier, []
+        for key, rec in zip(batch, await client.store.load_many(batch), strict=True):
+            if rec is None:
+                raise SignatureNotFoundError(key)
+            records[key] = rec
+            children = rec.key_list("ok") + rec.key_list("err") + rec.key_list("steps")
+            if rec.kind == "swarm":
+                members[key] = await client.store.member_keys(key)
+                children += members[key]
+            for child in children:
+                if child in mapping:
+                    continue
+                mapping[child] = (
+                    K.rekey(child, wf) if move else client.keys.signature(wf, K.new_id())
+                )
+                frontier.append(child)
+    out = []
+    for old, rec in records.items():
+        fields = _rewrite(rec, mapping, fresh=not move)
+        if old == old_root:
+            fields["parent"], fields["own"] = parent, owner
+        out.append(NewRecord(mapping[old], fields, [mapping[m] for m in members.get(old, [])]))
+    await client.store.write_raw(out, list(records) if move else [])
+
+
+def _rewrite(rec: Record, mapping: dict[str, str], *, fresh: bool) -> dict[str, str]:
+    """A record's fields with every key it names mapped to its new place."""
+    fields = dict(rec.fields)
+    for name in ("ok", "err", "steps"):
+        if name in fields:
+            fields[name] = json.dumps([mapping[k] for k in rec.key_list(name)])
+    fields["parent"] = mapping.get(fields.get("parent", ""), "")
+    fields["own"] = mapping.get(fields.get("own", ""), "")
+    fields.pop("w", None)
+    if fresh:  # a copy is a new, not yet run signature
+        for name in RUN_STATE_FIELDS:
+            fields.pop(name, None)
+        fields["st"] = "pending"
+        if fields.get("kind") == "chain":
+            fields["cur"] = "0"
+    return fields
+
+
+async def sign(
+    client: Mageflow,
+    task: Any,
+    *,
+    success_callbacks: Sequence[Any] | None = None,
+    error_callbacks: Sequence[Any] | None = None,
+    model_validators: type[BaseModel] | None = None,
+    kwargs: dict[str, Any],
+) -> Signature:
+    from mageflow.signature import Signature, TaskSignature
+
+    if isinstance(task, Signature):
+        return await client.duplicate(task, **kwargs)
+    definition = client.resolve_task(task)
+    check_callbacks(client, success_callbacks or [])
+    key = client.keys.new_signature()
+    plan = Plan(client, K.workflow_of(key))
+    ok = [plan.child(cb, "", key) for cb in success_callbacks or []]
+    err = [plan.child(cb, "", key) for cb in error_callbacks or []]
+    extra = {"model": remember_model(model_validators)} if model_validators else {}
+    fields = new_fields(
+        "task", definition.name, kwargs, ok=json.dumps(ok), err=json.dumps(err), **extra
+    )
+    plan.records.insert(0, NewRecord(key, fields))
+    await plan.commit()
+    return TaskSignature(client, Record(key, fields))
+
+
+def check_callbacks(client: Mageflow, callbacks: Sequence[Any]) -> None:
+    """Fail at sign time when a success callback's model has nowhere to put the result."""
+    from mageflow.signature import Signature
+
+    for cb in callbacks:
+        if isinstance(cb, Signature):
+            if cb.kind != "task" or cb._record.get("model"):
+                continue
+            name = cb.task_name
+        else:
+            name = client.resolve_task(cb).name
+        meta = client.task_meta(name)
+        if meta is not None and meta.get("rv") is None and meta.get("model"):
+            raise CallbackModelError(name, str(meta["model"]).rsplit(":", 1)[-1])

@@ -1,0 +1,33 @@
+"""Client configuration."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class TTLConfig(BaseModel):
+    """How long (seconds) workflow state stays in Redis.
+
+    ``active_ttl`` is refreshed on every transition, so a workflow that makes progress never expires
+    mid-run; ``done_ttl`` starts when a signature reaches a terminal status.
+    """
+
+    active_ttl: int = Field(default=24 * 3600, gt=0)
+    done_ttl: int = Field(default=24 * 3600, gt=0)
+
+
+class MageflowConfig(BaseModel):
+    """Settings of one :class:`~mageflow.Mageflow` client.
+
+    ``namespace`` prefixes every Redis key, so two apps can share one Redis. ``pass_context`` hands
+    the engine's context to every task as its second argument (a task can also ask for it alone).
+    """
+
+    namespace: str = "mageflow"
+    ttl: TTLConfig = Field(default_factory=TTLConfig)
+    pass_context: bool = False
+    data_dir: str | None = (
+        None  # embedded Redis data folder; default $MAGEFLOW_DATA_DIR or .mageflow
+    )
+    lease_seconds: float = Field(default=300.0, gt=0)  # a running task not heard from this long
+    # may be taken over by a redelivery of its message

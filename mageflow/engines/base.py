@@ -1,0 +1,76 @@
+"""The engine contract: the few things mageflow needs from a task engine.
+
+An engine runs task functions somewhere (this process, Taskiq workers, Hatchet workers). mageflow
+keeps every bit of orchestration in the core; an engine only has to
+
+* ``register`` a task: wrap it so a delivery calls ``runner(task, envelope, attempt, ctx)``
+  and, when the outcome says ``retry``, delivers attempt + 1;
+* ``dispatch`` an envelope to a registered task name;
+* ``cancel`` a run it dispatched.
+
+Start-up, shutdown and workers are optional hooks with no-op defaults.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mageflow.envelope import Envelope
+
+if TYPE_CHECKING:
+    from mageflow.tasks import TaskDef
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """What one delivery of a task came to. The runner never raises for a task's own error.
+
+    ``status`` is ``done``, ``failed`` (final: callbacks fired), ``retry`` (this attempt failed and
+    the engine should run attempt + 1) or ``skipped`` (duplicate, paused or canceled: do nothing).
+    """
+
+    status: str
+    result: Any = None
+    error: BaseException | None = None
+
+    @property
+    def retry(self) -> bool:
+        return self.status == "retry"
+
+
+Runner = Callable[["TaskDef", Envelope, int, Any], Awaitable[RunOutcome]]
+
+
+class Engine(ABC):
+    """Base class of task engines. Subclasses implement the three abstract methods."""
+
+    #: True when tasks may be registered by other processes (workers), so a producer may sign a
+    #: task it has not registered itself, as long as some worker published it to the registry.
+    remote_workers: bool = False
+
+    @abstractmethod
+    def register(self, task: TaskDef, runner: Runner) -> Any:
+        """Make ``task`` runnable; return the engine's own task object (or None)."""
+
+    @abstractmethod
+    async def dispatch(self, task: TaskDef | str, envelope: Envelope) -> str | None:
+        """Send the envelope to the task. Return a run id if cancelling needs one other than the
+        signature key, else None."""
+
+    @abstractmethod
+    async def cancel(self, run_id: str) -> bool:
+        """Stop a dispatched run (the signature key or the id ``dispatch`` returned)."""
+
+    async def start(self) -> None:
+        """Called once when the client starts."""
+
+    async def stop(self) -> None:
+        """Called once when the client closes; running work should end by then."""
+
+    def context_for(self, envelope: Envelope, attempt: int) -> Any:
+        """The context object handed to tasks that ask for one (engines with their own context
+        pass it to the runner instead)."""
+        return None

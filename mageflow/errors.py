@@ -1,0 +1,143 @@
+"""Every error mageflow raises derives from :class:`MageflowError`.
+
+Errors carry the facts as fields (``task_name``, ``key`` ...) and their message says what to do
+next, so callers can both branch on the type and show the text to a person.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MageflowError(Exception):
+    """Root of all mageflow errors."""
+
+
+class NonRetryableError(MageflowError):
+    """Raise from a task to fail it at once, skipping any retries it has left."""
+
+
+class ConfigurationError(MageflowError):
+    """The client or a task was set up in a way that cannot work."""
+
+
+class RedisUnavailableError(MageflowError):
+    """Redis could not be reached; nothing was written."""
+
+    def __init__(self, url: str, cause: BaseException | None = None) -> None:
+        self.url = url
+        self.cause = cause
+        detail = f": {cause}" if cause else ""
+        super().__init__(
+            f"cannot reach Redis at {url}{detail}. Start Redis, set REDIS_URL, or pass "
+            "redis_client=None to use the embedded server."
+        )
+
+
+class UnknownTaskError(MageflowError):
+    """A task name was used that no client or worker has registered."""
+
+    def __init__(self, task_name: str, known: list[str] | None = None) -> None:
+        self.task_name = task_name
+        self.known = sorted(known or [])
+        hint = f" Known tasks: {', '.join(self.known)}." if self.known else ""
+        super().__init__(
+            f"no task named {task_name!r} is registered.{hint} Decorate it with @mf.task(...) in a "
+            "module your workers import, or start a worker that registers it."
+        )
+
+
+class SignatureNotFoundError(MageflowError):
+    """No signature is stored under the key (never created, or expired after its TTL)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"no signature stored under {key!r}; it was never created or it expired.")
+
+
+class MessageValidationError(MageflowError):
+    """A message did not fit the task's input model."""
+
+    def __init__(self, task_name: str, errors: list[Any], detail: str) -> None:
+        self.task_name = task_name
+        self.errors = errors
+        super().__init__(f"message for task {task_name!r} is invalid: {detail}")
+
+
+class CallbackModelError(MageflowError):
+    """A success callback's input model has no field that can receive the task's return value."""
+
+    def __init__(self, callback_task: str, model_name: str) -> None:
+        self.callback_task = callback_task
+        self.model_name = model_name
+        super().__init__(
+            f"success callback {callback_task!r} cannot receive a return value: its model "
+            f"{model_name} has no field annotated with ReturnValue and no field named 'results'. "
+            "Add `Annotated[T, ReturnValue()]` to one field."
+        )
+
+
+class InvalidTransitionError(MageflowError):
+    """A lifecycle operation is not allowed from the signature's current status."""
+
+    def __init__(self, key: str, status: str, action: str) -> None:
+        self.key = key
+        self.status = status
+        self.action = action
+        super().__init__(f"cannot {action} signature {key!r}: its status is {status!r}.")
+
+
+class TaskAlreadyRunningError(InvalidTransitionError):
+    """A single task that is already running cannot be suspended; interrupt or cancel it."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key, "active", "suspend")
+        self.args = (f"task {key!r} is already running; use interrupt() or cancel() to stop it.",)
+
+
+class SwarmClosedError(MageflowError):
+    """Tasks were added to a swarm that was already closed."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"swarm {key!r} is closed and accepts no new tasks; create a new swarm.")
+
+
+class SwarmFullError(MageflowError):
+    """Adding the tasks would exceed the swarm's ``max_task_allowed``."""
+
+    def __init__(self, key: str, limit: int) -> None:
+        self.key = key
+        self.limit = limit
+        super().__init__(f"swarm {key!r} allows at most {limit} tasks; raise max_task_allowed.")
+
+
+class TaskFailedError(MageflowError):
+    """A task (or a chain or swarm) that was awaited ended in failure.
+
+    ``key`` is the signature that failed; ``error_type`` and ``error_message`` describe the original
+    exception, which may have been raised in another process.
+    """
+
+    def __init__(
+        self, key: str, task_name: str, error_type: str, error_message: str, traceback: str = ""
+    ) -> None:
+        self.key = key
+        self.task_name = task_name
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback
+        super().__init__(f"{task_name} ({key}) failed with {error_type}: {error_message}")
+
+
+class TaskCanceledError(MageflowError):
+    """An awaited signature was canceled before it finished."""
+
+    def __init__(self, key: str, status: str = "canceled") -> None:
+        self.key = key
+        self.status = status
+        super().__init__(f"signature {key!r} ended as {status} without a result.")
+
+
+class EmbeddedRedisError(MageflowError):
+    """The embedded Redis server could not be started."""

@@ -1,0 +1,167 @@
+"""Signature objects: handles on stored tasks, chains and swarms.
+
+A signature is one planned run: a task (or container) plus bound kwargs and callbacks. The object
+is a local handle; the truth lives in Redis under ``key``. A signature runs once; make more runs
+with :meth:`Signature.aduplicate` or by signing again.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from mageflow.envelope import Envelope
+from mageflow.errors import InvalidTransitionError, TaskCanceledError, TaskFailedError
+from mageflow.models.message import TaskError
+from mageflow.status import SignatureStatus
+from mageflow.store.records import Record, kwarg_fields, loads
+
+if TYPE_CHECKING:
+    from mageflow.client import Mageflow
+
+Message = BaseModel | dict[str, Any] | None
+
+
+def message_dict(msg: Message) -> dict[str, Any]:
+    if msg is None:
+        return {}
+    if isinstance(msg, BaseModel):
+        return msg.model_dump(mode="json", by_alias=True)
+    if isinstance(msg, dict):
+        return dict(msg)
+    raise TypeError(f"a message must be a pydantic model or a dict, not {type(msg).__name__}")
+
+
+class BoundKwargs(dict[str, Any]):
+    """The signature's bound kwargs as last seen; ``await aupdate(...)`` changes them in Redis."""
+
+    def __init__(self, owner: Signature, values: dict[str, Any]) -> None:
+        super().__init__(values)
+        self._owner = owner
+
+    async def aupdate(self, **kwargs: Any) -> None:
+        owner = self._owner
+        owner.key = await owner.client.store.update_kwargs(owner.key, kwarg_fields(kwargs))
+        self.update(kwargs)
+
+
+class Signature:
+    """Common handle of tasks, chains and swarms."""
+
+    kind = "task"
+
+    def __init__(self, client: Mageflow, record: Record) -> None:
+        self.client = client
+        self.key = record.key
+        self._record = record
+        self.kwargs = BoundKwargs(self, record.kwargs())
+        self._launched = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.key} {self.status.value}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Signature) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    @property
+    def task_name(self) -> str:
+        return self._record.task_name
+
+    @property
+    def name(self) -> str:
+        return self._record.get("name") or self.task_name or self.kind
+
+    @property
+    def status(self) -> SignatureStatus:
+        """Status as of the last load; ``await astatus()`` reads the current one."""
+        return SignatureStatus(self._record.status or "pending")
+
+    @property
+    def success_callbacks(self) -> list[str]:
+        return self._record.key_list("ok")
+
+    @property
+    def error_callbacks(self) -> list[str]:
+        return self._record.key_list("err")
+
+    @property
+    def parent(self) -> str | None:
+        return self._record.get("parent") or None
+
+    @property
+    def result_value(self) -> Any:
+        raw = self._record.get("res")
+        return loads(raw) if raw else None
+
+    @property
+    def error(self) -> TaskError | None:
+        raw = self._record.get("error")
+        return TaskError.model_validate_json(raw) if raw else None
+
+    def _refresh(self, record: Record) -> None:
+        self._record = record
+        self.key = record.key
+        self.kwargs = BoundKwargs(self, record.kwargs())
+
+    async def aload(self) -> Signature:
+        """Re-read this signature from Redis."""
+        self._refresh(await self.client.store.load(self.key))
+        return self
+
+    async def astatus(self) -> SignatureStatus:
+        await self.aload()
+        return self.status
+
+    # -- running --------------------------------------------------------------------------------
+
+    async def aio_run_no_wait(self, msg: Message = None) -> None:
+        """Start this signature with ``msg`` (merged with its bound kwargs) and return at once."""
+        if self._launched or self.status is not SignatureStatus.PENDING:
+            raise InvalidTransitionError(self.key, self.status.value, "run")
+        await self.client.ensure_started()
+        self._launched = True
+        envelope = Envelope(sig=self.key, input=message_dict(msg))
+        await self.client.runtime.launch(self.kind, self.task_name, envelope)
+
+    async def aio_run(self, msg: Message = None, *, timeout: float | None = None) -> Any:
+        """Start this signature and wait for it; return its result or raise its error."""
+        await self.client.ensure_started()
+        await self.client.notifier.mark(self.key)
+        await self.aio_run_no_wait(msg)
+        return await self.aresult(timeout=timeout)
+
+    async def aresult(self, *, timeout: float | None = None) -> Any:
+        """Wait for this signature to finish; return its result or raise its error."""
+        record = await self.client.notifier.wait(self.key, timeout)
+        self._refresh(record)
+        if self.status is SignatureStatus.DONE:
+            return self.result_value
+        err = self.error
+        if self.status is SignatureStatus.FAILED and err is not None:
+            raise TaskFailedError(
+                err.key or self.key,
+                err.task_name or self.name,
+                err.type,
+                err.message,
+                err.traceback,
+            )
+        raise TaskCanceledError(self.key, self.status.value)
+
+    async def aduplicate(self, **kwargs: Any) -> Signature:
+        """A fresh pending copy (same task, kwargs and callbacks), for another run."""
+        return await self.client.duplicate(self, **kwargs)
+
+    async def aduplicate_many(self, n: int, **kwargs: Any) -> list[Signature]:
+        return [await self.aduplicate(**kwargs) for _ in range(n)]
+
+
+class TaskSignature(Signature):
+    kind = "task"
+
+
+def envelope_for(sig: Signature, msg: Message) -> Envelope:
+    return Envelope(sig=sig.key, input=message_dict(msg))

@@ -1,0 +1,87 @@
+"""Every Redis key mageflow writes is named here, and nowhere else.
+
+All keys of one workflow (a root signature and everything under it: callbacks, chain steps, swarm
+members) share the hash tag ``{wf}``, so each state transition touches a single Redis Cluster slot.
+
+Layout, with the default namespace ``mageflow``::
+
+    mageflow:registry                 hash   task name -> JSON task metadata (written by workers)
+    mageflow:sig:{wf}:<id>            hash   one signature: status, kwargs (k:<name>), result ...
+    mageflow:sig:{wf}:<id>:members    list   a swarm's member keys, in the order they were added
+    mageflow:sig:{wf}:<id>:queue      list   a swarm's members still waiting for a slot
+    mageflow:sig:{wf}:<id>:finished   set    a swarm's members already counted (dedupe)
+    mageflow:done:{wf}                pubsub channel announcing finished signatures to waiters
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+_NS_RE = re.compile(r"^[A-Za-z0-9_.\-:]+$")
+
+
+def new_id() -> str:
+    """A short random id; 64 bits is plenty for signatures that live for days."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySchema:
+    namespace: str = "mageflow"
+
+    def __post_init__(self) -> None:
+        if not _NS_RE.match(self.namespace):
+            raise ValueError(
+                f"invalid key namespace {self.namespace!r}: use letters, digits, '_', '.', '-', ':'"
+            )
+
+    @property
+    def registry(self) -> str:
+        return f"{self.namespace}:registry"
+
+    def signature(self, wf: str, sig_id: str) -> str:
+        return f"{self.namespace}:sig:{{{wf}}}:{sig_id}"
+
+    def new_signature(self, wf: str | None = None) -> str:
+        sig_id = new_id()
+        return self.signature(wf or sig_id, sig_id)
+
+    def done_channel(self, key: str) -> str:
+        return f"{self.namespace}:done:{{{workflow_of(key)}}}"
+
+    @property
+    def sig_prefix(self) -> str:
+        return f"{self.namespace}:sig:"
+
+    def owns(self, key: str) -> bool:
+        return key.startswith(self.sig_prefix) and "{" in key
+
+
+def members(sig_key: str) -> str:
+    return f"{sig_key}:members"
+
+
+def queue(sig_key: str) -> str:
+    return f"{sig_key}:queue"
+
+
+def finished(sig_key: str) -> str:
+    return f"{sig_key}:finished"
+
+
+def workflow_of(key: str) -> str:
+    """The hash tag of a signature key: the workflow it belongs to."""
+    start = key.index("{") + 1
+    return key[start : key.index("}", start)]
+
+
+def id_of(key: str) -> str:
+    return key.rsplit(":", 1)[1]
+
+
+def rekey(key: str, wf: str) -> str:
+    """The same signature id moved under another workflow's hash tag."""
+    prefix = key[: key.index("{")]
+    return f"{prefix}{{{wf}}}:{id_of(key)}"

@@ -1,0 +1,22 @@
+-- Start a chain or swarm. KEYS[1] container. ARGV[3] input json ('' for none), ARGV[4] return value
+-- json ('' for none). A chain launches its first step; a swarm fills its slots from the queue.
+local key = KEYS[1]
+local f = redis.call('HMGET', key, 'st', 'kind')
+if not f[1] then return {'missing'} end
+if f[1] ~= 'pending' then return {f[1]} end
+redis.call('HSET', key, 'st', 'active', 'ts_s', now_ms())
+expire(key, ACTIVE_TTL)
+if f[2] == 'chain' then
+  local steps = decode_list(redis.call('HGET', key, 'steps'))
+  if #steps == 0 then
+    complete(key, 'done', 'null', ARGV[3])
+  else
+    act('launch', steps[1], ARGV[3], ARGV[4])
+  end
+else
+  redis.call('HSET', key, 'msg', ARGV[3], 'ret', ARGV[4])
+  local c = swarm_fill(key, swarm_counts(key))
+  if swarm_is_complete(c) then complete(key, 'done', swarm_results(key), ARGV[3]) end
+end
+table.insert(actions, 1, 'ok')
+return actions

@@ -1,0 +1,24 @@
+-- A worker received a task message. Decide whether to run it, atomically.
+-- KEYS[1] signature. ARGV[3] attempt number, ARGV[4] lease (ms), ARGV[5] the message envelope json
+-- (kept when the signature is paused, so resume can send it again).
+-- Returns {'run', <hash fields...>} or {<reason>}: 'busy' (a live worker holds it), 'missing', or the
+-- status that forbids running (done, failed, canceled, suspended, interrupted).
+local key = KEYS[1]
+local st = redis.call('HGET', key, 'st')
+if not st then return {'missing'} end
+local now = now_ms()
+local attempt = tonumber(ARGV[3])
+if st == 'active' then
+  local cur = redis.call('HMGET', key, 'att', 'lease')
+  -- Same attempt while its holder's lease is live: a duplicate delivery. A later attempt (retry) or
+  -- an expired lease (the holder died) may take over.
+  if attempt <= tonumber(cur[1] or '0') and now < tonumber(cur[2] or '0') then return {'busy'} end
+elseif st ~= 'pending' then
+  if st == 'suspended' or st == 'interrupted' then redis.call('HSET', key, 'parked', ARGV[5]) end
+  return {st}
+end
+redis.call('HSET', key, 'st', 'active', 'att', attempt, 'lease', now + tonumber(ARGV[4]), 'ts_s', now)
+expire(key, ACTIVE_TTL)
+local out = redis.call('HGETALL', key)
+table.insert(out, 1, 'run')
+return out

@@ -1,0 +1,29 @@
+-- Add members (already written, with parent = this swarm) to a swarm. KEYS[1] swarm.
+-- ARGV[3] 'close' to close the swarm in the same step, or ''; ARGV[4..] member keys in order.
+-- Returns {'closed'} or {'full', limit} (and deletes the given members), else {'ok', actions...}.
+local key = KEYS[1]
+local f = redis.call('HMGET', key, 'st', 'closed', 'total', 'maxtasks')
+local n = #ARGV - 3
+local function reject(...)
+  for i = 4, #ARGV do redis.call('DEL', ARGV[i]) end
+  return {...}
+end
+if not f[1] then return reject('missing') end
+if f[2] == '1' then return reject('closed') end
+local limit = tonumber(f[4] or '')
+if limit and tonumber(f[3] or '0') + n > limit then return reject('full', tostring(limit)) end
+for i = 4, #ARGV do
+  redis.call('RPUSH', key .. ':members', ARGV[i])
+  redis.call('RPUSH', key .. ':queue', ARGV[i])
+end
+redis.call('HINCRBY', key, 'total', n)
+if ARGV[3] == 'close' then redis.call('HSET', key, 'closed', '1') end
+expire(key, ACTIVE_TTL)
+if f[1] == 'active' then
+  local c = swarm_fill(key, swarm_counts(key))
+  if swarm_is_complete(c) then
+    complete(key, 'done', swarm_results(key), redis.call('HGET', key, 'msg') or '')
+  end
+end
+table.insert(actions, 1, 'ok')
+return actions

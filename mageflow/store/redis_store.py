@@ -1,0 +1,227 @@
+"""The Redis state store: every read and every atomic transition of workflow state goes here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+from redis.commands.core import AsyncScript
+
+from mageflow.config import TTLConfig
+from mageflow.errors import RedisUnavailableError, SignatureNotFoundError
+from mageflow.store import keys as K
+from mageflow.store.keys import KeySchema
+from mageflow.store.records import Action, NewRecord, Record, parse_actions
+from mageflow.store.scripts import SCRIPT_NAMES, script_source
+
+_CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+MAX_FORWARDS = 4  # how many 'moved' notes a lookup follows before giving up
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: Iterable[Any]) -> dict[str, str]:
+    items = [_s(v) for v in flat]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def describe(client: aioredis.Redis) -> str:
+    kw = client.connection_pool.connection_kwargs
+    if "path" in kw:
+        return f"unix://{kw['path']}"
+    return f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
+
+
+class Store:
+    """Signature records in Redis hashes; transitions in Lua so each one is atomic."""
+
+    def __init__(self, client: aioredis.Redis, keys: KeySchema, ttl: TTLConfig) -> None:
+        self.redis = client
+        self.keys = keys
+        self.ttl = ttl
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
+        }
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except _CONNECTION_ERRORS as exc:
+            raise RedisUnavailableError(describe(self.redis), exc) from exc
+
+    def _ttl_args(self) -> list[int]:
+        return [self.ttl.active_ttl * 1000, self.ttl.done_ttl * 1000]
+
+    async def _run(
+        self, name: str, key_list: list[str], args: list[Any], client: Any = None
+    ) -> Any:
+        async with self._guard():
+            return await self._scripts[name](
+                keys=key_list, args=[*self._ttl_args(), *args], client=client
+            )
+
+    async def ping(self) -> None:
+        async with self._guard():
+            await self.redis.ping()
+
+    # -- records -----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        records: list[NewRecord],
+        adopt: list[tuple[str, str, str, str]] = (),  # type: ignore[assignment]
+    ) -> list[list[str]]:
+        """Write new signatures and move existing leaves under them, in one MULTI/EXEC.
+
+        ``adopt`` holds (old key, new key, parent, owner); the adopt script's answer for each
+        comes back so the caller can handle signatures that could not simply be moved.
+        """
+        ttl_ms = self.ttl.active_ttl * 1000
+        async with self._guard():
+            pipe = self.redis.pipeline(transaction=True)
+            for old, new, parent, owner in adopt:
+                await self._scripts["adopt"](
+                    keys=[old, new], args=[*self._ttl_args(), parent, owner], client=pipe
+                )
+            for rec in records:
+                pipe.hset(rec.key, mapping=_mapping(rec.fields))
+                pipe.pexpire(rec.key, ttl_ms)
+                self._write_members(pipe, rec, ttl_ms)
+            results = await pipe.execute()
+        return [[_s(x) for x in r] for r in results[: len(adopt)]]
+
+    async def write_raw(self, records: list[NewRecord], delete: list[str]) -> None:
+        """Replace whole records (used when moving a subtree under another workflow)."""
+        ttl_ms = self.ttl.active_ttl * 1000
+        async with self._guard():
+            pipe = self.redis.pipeline(transaction=True)
+            for old in delete:
+                pipe.delete(old, K.members(old), K.queue(old), K.finished(old))
+            for rec in records:
+                pipe.delete(rec.key)
+                pipe.hset(rec.key, mapping=_mapping(rec.fields))
+                pipe.pexpire(rec.key, ttl_ms)
+                self._write_members(pipe, rec, ttl_ms)
+            await pipe.execute()
+
+    @staticmethod
+    def _write_members(pipe: Any, rec: NewRecord, ttl_ms: int) -> None:
+        # A swarm that has not started yet has every member still waiting for a slot.
+        if rec.members:
+            for sub in (K.members(rec.key), K.queue(rec.key)):
+                pipe.rpush(sub, *rec.members)
+                pipe.pexpire(sub, ttl_ms)
+
+    async def find(self, key: str) -> Record | None:
+        """The record under ``key`` (following forwarding notes), or None."""
+        async with self._guard():
+            for _ in range(MAX_FORWARDS):
+                fields = _pairs_from_map(await self.redis.hgetall(key))
+                moved = fields.get("moved")
+                if not moved:
+                    return Record(key, fields) if fields else None
+                key = moved
+        return None
+
+    async def load(self, key: str) -> Record:
+        rec = await self.find(key)
+        if rec is None:
+            raise SignatureNotFoundError(key)
+        return rec
+
+    async def load_many(self, key_list: list[str]) -> list[Record | None]:
+        async with self._guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for key in key_list:
+                pipe.hgetall(key)
+            raw = await pipe.execute()
+        return [
+            Record(k, _pairs_from_map(r)) if r else None for k, r in zip(key_list, raw, strict=True)
+        ]
+
+    async def member_keys(self, key: str) -> list[str]:
+        async with self._guard():
+            return [_s(m) for m in await self.redis.lrange(K.members(key), 0, -1)]
+
+    async def set_fields(self, key: str, fields: Mapping[str, str]) -> None:
+        async with self._guard():
+            await self.redis.hset(key, mapping=_mapping(fields))
+
+    async def update_kwargs(self, key: str, encoded: dict[str, str]) -> str:
+        """Set bound kwargs; returns the key written (after following forwarding notes)."""
+        for _ in range(MAX_FORWARDS):
+            flat = [x for pair in encoded.items() for x in pair]
+            answer = [_s(x) for x in await self._run("update_kwargs", [key], flat)]
+            if answer[0] == "ok":
+                return key
+            if answer[0] == "missing":
+                raise SignatureNotFoundError(key)
+            key = answer[1]
+        raise SignatureNotFoundError(key)
+
+    # -- transitions --------------------------------------------------------------------------
+
+    async def start_task(
+        self, key: str, attempt: int, lease_ms: int, envelope: str
+    ) -> Record | str:
+        """Claim a task for running: the record when it may run, else the reason it may not."""
+        answer = await self._run("start_task", [key], [attempt, lease_ms, envelope])
+        verdict = _s(answer[0])
+        if verdict != "run":
+            return verdict
+        return Record(key, _pairs(answer[1:]))
+
+    async def finish(self, key: str, outcome: str, value: str, message: str) -> list[Action] | None:
+        """Record a task's final outcome; None when it was already finished (a duplicate)."""
+        answer = await self._run("finish", [key], [outcome, value, message])
+        if _s(answer[0]) != "ok":
+            return None
+        return parse_actions([_s(x) for x in answer[1:]])
+
+    async def start_container(self, key: str, message: str, ret: str) -> list[Action] | str:
+        answer = await self._run("start_container", [key], [message, ret])
+        if _s(answer[0]) != "ok":
+            return _s(answer[0])
+        return parse_actions([_s(x) for x in answer[1:]])
+
+    async def swarm_add(
+        self, key: str, member_keys: list[str], close: bool
+    ) -> list[Action] | list[str]:
+        answer = await self._run("swarm_add", [key], ["close" if close else "", *member_keys])
+        if _s(answer[0]) != "ok":
+            return [_s(x) for x in answer]
+        return parse_actions([_s(x) for x in answer[1:]])
+
+    async def swarm_close(self, key: str) -> list[Action] | None:
+        answer = await self._run("swarm_close", [key], [])
+        if _s(answer[0]) != "ok":
+            return None
+        return parse_actions([_s(x) for x in answer[1:]])
+
+    # -- task registry ------------------------------------------------------------------------
+
+    async def register_tasks(self, entries: dict[str, str]) -> None:
+        if entries:
+            async with self._guard():
+                await self.redis.hset(self.keys.registry, mapping=_mapping(entries))
+
+    async def registry(self) -> dict[str, str]:
+        async with self._guard():
+            return _pairs_from_map(await self.redis.hgetall(self.keys.registry))
+
+
+def _pairs_from_map(raw: Mapping[Any, Any]) -> dict[str, str]:
+    return {_s(k): _s(v) for k, v in raw.items()}
+
+
+def _mapping(fields: Mapping[str, str]) -> Any:
+    # redis-py types HSET's mapping with an invariant key union; a str-keyed dict works fine.
+    return dict(fields)

@@ -1,0 +1,150 @@
+"""Task definitions: what ``@mf.task(...)`` records about a function."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from mageflow.errors import ConfigurationError
+from mageflow.models.message import error_field, return_field
+
+if TYPE_CHECKING:
+    from mageflow.client import Mageflow
+    from mageflow.signature import Signature
+
+TaskFunction = Callable[..., Any]
+
+
+@dataclass(slots=True)
+class TaskDef:
+    """A registered task. ``input_validator`` is the pydantic model its message is validated with
+    (None: the task receives a plain dict)."""
+
+    name: str
+    fn: TaskFunction
+    input_validator: type[BaseModel] | None = None
+    retries: int = 0
+    timeout: float | None = None
+    with_context: bool = False
+    durable: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def meta(self) -> dict[str, Any]:
+        """What producers in other processes need to know about this task (the registry entry)."""
+        model = self.input_validator
+        return {
+            "rv": return_field(model),
+            "err": error_field(model),
+            "model": model_path(model) if model else None,
+            "retries": self.retries,
+            "timeout": self.timeout,
+            "durable": self.durable,
+        }
+
+    def meta_json(self) -> str:
+        return json.dumps(self.meta())
+
+
+def model_path(model: type[BaseModel]) -> str:
+    return f"{model.__module__}:{model.__qualname__}"
+
+
+_models: dict[str, type[BaseModel]] = {}
+
+
+def remember_model(model: type[BaseModel]) -> str:
+    """Keep a model reachable by its path in this process (models defined in functions can't be
+    imported by path, but the process that signed with them can still use them)."""
+    path = model_path(model)
+    _models[path] = model
+    return path
+
+
+def resolve_model(path: str) -> type[BaseModel]:
+    if path in _models:
+        return _models[path]
+    module_name, _, qualname = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(
+            f"cannot import message model {path!r} on this worker: {exc}. Define the model at "
+            "module level in a module the worker imports."
+        ) from exc
+    if not (isinstance(obj, type) and issubclass(obj, BaseModel)):
+        raise ConfigurationError(f"{path!r} is not a pydantic model")
+    _models[path] = obj
+    return obj
+
+
+def infer_validator(fn: TaskFunction) -> type[BaseModel] | None:
+    """The model from the first parameter's annotation, when it is a pydantic model."""
+    params = list(inspect.signature(fn).parameters.values())
+    if not params:
+        return None
+    try:
+        hints = inspect.get_annotations(fn, eval_str=True)
+    except Exception:  # unresolvable forward references: fall back to no model
+        return None
+    ann = hints.get(params[0].name)
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def wants_context(fn: TaskFunction) -> bool:
+    """A task asks for the engine's context by taking a second positional parameter."""
+    params = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(params) >= 2
+
+
+class MageflowTask:
+    """What ``@mf.task`` returns: still callable like the function, plus ways to run it as a task.
+
+    ``await task(msg)`` calls the function directly (handy in unit tests);
+    ``await task.aio_run(msg)`` runs it through the engine and returns its result;
+    ``await mf.sign(task)`` makes a signature.
+    """
+
+    def __init__(self, definition: TaskDef, client: Mageflow, engine_task: Any = None) -> None:
+        self.definition = definition
+        self.client = client
+        self.engine_task = engine_task
+        self.__name__ = definition.name
+        self.__doc__ = definition.fn.__doc__
+        self.__wrapped__ = definition.fn
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.definition.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<mageflow task {self.name!r}>"
+
+    async def sign(self, **kwargs: Any) -> Signature:
+        return await self.client.sign(self, **kwargs)
+
+    async def aio_run(self, msg: BaseModel | dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Run once through the engine (a fresh signature) and return the result."""
+        sig = await self.client.sign(self, **kwargs)
+        return await sig.aio_run(msg)
+
+    async def aio_run_no_wait(
+        self, msg: BaseModel | dict[str, Any] | None = None, **kwargs: Any
+    ) -> Signature:
+        sig = await self.client.sign(self, **kwargs)
+        await sig.aio_run_no_wait(msg)
+        return sig
