@@ -3,9 +3,10 @@
 The public API is what this module exports; ``tests/test_public_api.py`` pins it.
 """
 
-from mageflow.api import asign, load_signature, sign
+from mageflow.api import achain, asign, aswarm, chain, load_signature, sign, swarm
 from mageflow.client import Mageflow, current_client
-from mageflow.config import MageflowConfig, TTLConfig
+from mageflow.config import MageflowConfig, SwarmConfig, TTLConfig
+from mageflow.containers import ChainSignature, SwarmSignature, is_failed_result
 from mageflow.errors import (
     CallbackModelError,
     ConfigurationError,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CallbackModelError",
+    "ChainSignature",
     "ConfigurationError",
     "ContextMessage",
     "EmbeddedRedisError",
@@ -49,7 +51,9 @@ __all__ = [
     "SignatureNotFoundError",
     "SignatureStatus",
     "SwarmClosedError",
+    "SwarmConfig",
     "SwarmFullError",
+    "SwarmSignature",
     "TTLConfig",
     "TaskAlreadyRunningError",
     "TaskCanceledError",
@@ -58,8 +62,13 @@ __all__ = [
     "TaskSignature",
     "UnknownTaskError",
     "__version__",
+    "achain",
     "asign",
+    "aswarm",
+    "chain",
     "current_client",
+    "is_failed_result",
     "load_signature",
     "sign",
+    "swarm",
 ]

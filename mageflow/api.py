@@ -8,6 +8,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from mageflow.client import current_client
+from mageflow.config import SwarmConfig
+from mageflow.containers import ChainSignature, SwarmSignature
 from mageflow.signature import Signature
 
 
@@ -34,3 +36,51 @@ asign = sign
 async def load_signature(key: str) -> Signature:
     """The signature stored under ``key``."""
     return await current_client().load_signature(key)
+
+
+async def chain(
+    tasks: Sequence[Any],
+    name: str | None = None,
+    success: Any = None,
+    error: Any = None,
+    success_callbacks: Sequence[Any] | None = None,
+    error_callbacks: Sequence[Any] | None = None,
+    **kwargs: Any,
+) -> ChainSignature:
+    """Store a chain of ``tasks``; see Mageflow.chain."""
+    return await current_client().chain(
+        tasks,
+        name=name,
+        success=success,
+        error=error,
+        success_callbacks=success_callbacks,
+        error_callbacks=error_callbacks,
+        **kwargs,
+    )
+
+
+achain = chain
+
+
+async def swarm(
+    tasks: Sequence[Any] | None = None,
+    task_name: str | None = None,
+    success_callbacks: Sequence[Any] | None = None,
+    error_callbacks: Sequence[Any] | None = None,
+    config: SwarmConfig | None = None,
+    is_swarm_closed: bool = False,
+    **kwargs: Any,
+) -> SwarmSignature:
+    """Store a swarm of ``tasks``; see Mageflow.swarm."""
+    return await current_client().swarm(
+        tasks,
+        task_name=task_name,
+        success_callbacks=success_callbacks,
+        error_callbacks=error_callbacks,
+        config=config,
+        is_swarm_closed=is_swarm_closed,
+        **kwargs,
+    )
+
+
+aswarm = swarm

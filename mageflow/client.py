@@ -11,7 +11,8 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from mageflow import compose
-from mageflow.config import MageflowConfig
+from mageflow.config import MageflowConfig, SwarmConfig
+from mageflow.containers import ChainSignature, SwarmSignature, create_chain, create_swarm
 from mageflow.engines import Engine, resolve_engine
 from mageflow.errors import ConfigurationError, UnknownTaskError
 from mageflow.runtime import Runtime
@@ -221,8 +222,7 @@ class Mageflow:
     ) -> Signature:
         """Store a signature: ``task`` plus bound ``kwargs`` and callbacks (signatures too)."""
         await self.ensure_started()
-        if isinstance(task, str) and task not in self._tasks and task not in self._remote_meta:
-            await self.refresh_registry()
+        await self._refresh_for([task])
         return await compose.sign(
             self,
             task,
@@ -240,7 +240,77 @@ class Mageflow:
         return self.handle(await self.store.load(key))
 
     def handle(self, record: Record) -> Signature:
+        """The handle class for a stored record's kind."""
+        if record.kind == "chain":
+            return ChainSignature(self, record)
+        if record.kind == "swarm":
+            return SwarmSignature(self, record)
         return TaskSignature(self, record)
+
+    async def chain(
+        self,
+        tasks: Sequence[Any],
+        name: str | None = None,
+        success: Any = None,
+        error: Any = None,
+        success_callbacks: Sequence[Any] | None = None,
+        error_callbacks: Sequence[Any] | None = None,
+        **kwargs: Any,
+    ) -> ChainSignature:
+        """Store a chain: ``tasks`` (signatures, decorated tasks or names) run one after another.
+
+        The first step gets the run's message plus the chain's ``kwargs``; each later step gets
+        the previous result in its ReturnValue field. ``success``/``error`` are single callbacks,
+        added to ``success_callbacks``/``error_callbacks``.
+        """
+        await self.ensure_started()
+        await self._refresh_for(tasks)
+        return await create_chain(
+            self,
+            tasks,
+            name=name,
+            success_callbacks=_with(success_callbacks, success),
+            error_callbacks=_with(error_callbacks, error),
+            kwargs=kwargs,
+        )
+
+    achain = chain
+
+    async def swarm(
+        self,
+        tasks: Sequence[Any] | None = None,
+        task_name: str | None = None,
+        success_callbacks: Sequence[Any] | None = None,
+        error_callbacks: Sequence[Any] | None = None,
+        config: SwarmConfig | None = None,
+        is_swarm_closed: bool = False,
+        **kwargs: Any,
+    ) -> SwarmSignature:
+        """Store a swarm: ``tasks`` run in parallel within ``config``'s limits.
+
+        Every member gets the run's message plus the swarm's ``kwargs`` and its own bound kwargs.
+        The swarm completes once it is closed (``is_swarm_closed=True`` or ``close_swarm()``) and
+        every member has finished; its result is the list of member results in the order added.
+        """
+        await self.ensure_started()
+        await self._refresh_for(tasks or [])
+        return await create_swarm(
+            self,
+            list(tasks or []),
+            name=task_name,
+            success_callbacks=list(success_callbacks or []),
+            error_callbacks=list(error_callbacks or []),
+            config=config or SwarmConfig(),
+            closed=is_swarm_closed,
+            kwargs=kwargs,
+        )
+
+    aswarm = swarm
+
+    async def _refresh_for(self, refs: Sequence[Any]) -> None:
+        names = [r for r in refs if isinstance(r, str)]
+        if any(n not in self._tasks and n not in self._remote_meta for n in names):
+            await self.refresh_registry()
 
     async def duplicate(self, sig: Signature, **kwargs: Any) -> Signature:
         """A new pending signature with ``sig``'s task, kwargs (updated by ``kwargs``) and copies
@@ -252,6 +322,13 @@ class Mageflow:
         if kwargs:
             await copy.kwargs.aupdate(**kwargs)
         return copy
+
+
+def _with(items: Sequence[Any] | None, extra: Any) -> list[Any]:
+    out = list(items or [])
+    if extra is not None:
+        out.append(extra)
+    return out
 
 
 def _seconds(value: Any) -> float | None:

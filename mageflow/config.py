@@ -16,6 +16,19 @@ class TTLConfig(BaseModel):
     done_ttl: int = Field(default=24 * 3600, gt=0)
 
 
+class SwarmConfig(BaseModel):
+    """Limits of one swarm.
+
+    ``max_concurrency``: members running at one instant, on any engine. ``stop_after_n_failures``:
+    after this many failed members the swarm fails and stops (None: failures never fail it).
+    ``max_task_allowed``: adding more members than this is an error (None: no limit).
+    """
+
+    max_concurrency: int = Field(default=30, gt=0)
+    stop_after_n_failures: int | None = Field(default=None, gt=0)
+    max_task_allowed: int | None = Field(default=None, gt=0)
+
+
 class MageflowConfig(BaseModel):
     """Settings of one :class:`~mageflow.Mageflow` client.
 

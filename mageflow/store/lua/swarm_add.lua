@@ -1,17 +1,15 @@
 -- Add members (already written, with parent = this swarm) to a swarm. KEYS[1] swarm.
 -- ARGV[3] 'close' to close the swarm in the same step, or ''; ARGV[4..] member keys in order.
--- Returns {'closed'} or {'full', limit} (and deletes the given members), else {'ok', actions...}.
+-- Returns {'closed'}, {'full', limit}, {'missing'} or {'finished', status} (nothing added; the
+-- caller removes what it created for the add), else {'ok', actions...}.
 local key = KEYS[1]
 local f = redis.call('HMGET', key, 'st', 'closed', 'total', 'maxtasks')
 local n = #ARGV - 3
-local function reject(...)
-  for i = 4, #ARGV do redis.call('DEL', ARGV[i]) end
-  return {...}
-end
-if not f[1] then return reject('missing') end
-if f[2] == '1' then return reject('closed') end
+if not f[1] then return {'missing'} end
+if f[2] == '1' then return {'closed'} end
+if f[1] == 'done' or f[1] == 'failed' or f[1] == 'canceled' then return {'finished', f[1]} end
 local limit = tonumber(f[4] or '')
-if limit and tonumber(f[3] or '0') + n > limit then return reject('full', tostring(limit)) end
+if limit and tonumber(f[3] or '0') + n > limit then return {'full', tostring(limit)} end
 for i = 4, #ARGV do
   redis.call('RPUSH', key .. ':members', ARGV[i])
   redis.call('RPUSH', key .. ':queue', ARGV[i])

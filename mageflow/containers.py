@@ -1,0 +1,226 @@
+"""Chains and swarms: signatures that contain other signatures.
+
+A chain runs its steps one after another, each receiving the previous result; a swarm runs its
+members in parallel under a concurrency limit. Both are signatures, so they take callbacks and
+nest anywhere. Their progress is driven by the same completion script as plain tasks (lib.lua).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from mageflow.compose import Plan, check_callbacks, new_fields
+from mageflow.config import SwarmConfig
+from mageflow.errors import (
+    ConfigurationError,
+    InvalidTransitionError,
+    SwarmClosedError,
+    SwarmFullError,
+)
+from mageflow.models.message import TaskError
+from mageflow.signature import Message, Signature, message_dict
+from mageflow.status import SignatureStatus
+from mageflow.store import keys as K
+from mageflow.store.records import NewRecord, Record, kwarg_fields, loads
+
+if TYPE_CHECKING:
+    from mageflow.client import Mageflow
+
+FAILED_MARK = "$mageflow_failed"
+
+
+def is_failed_result(value: Any) -> bool:
+    """True for a swarm result slot that stands for a failed (or stopped) member."""
+    return isinstance(value, dict) and FAILED_MARK in value
+
+
+class ChainSignature(Signature):
+    """Steps run in order; each gets the previous step's result in its ReturnValue field."""
+
+    kind = "chain"
+
+    @property
+    def tasks(self) -> list[str]:
+        """Keys of the steps, in order."""
+        return self._record.key_list("steps")
+
+
+class SwarmSignature(Signature):
+    """Members run in parallel, at most ``config.max_concurrency`` at a time."""
+
+    kind = "swarm"
+
+    @property
+    def config(self) -> SwarmConfig:
+        r = self._record
+        return SwarmConfig(
+            max_concurrency=int(r.get("maxc", "30")),
+            stop_after_n_failures=int(r.get("limit")) if r.get("limit") else None,
+            max_task_allowed=int(r.get("maxtasks")) if r.get("maxtasks") else None,
+        )
+
+    @property
+    def is_swarm_closed(self) -> bool:
+        return self._record.get("closed") == "1"
+
+    async def tasks(self) -> list[str]:
+        """Keys of the members, in the order they were added."""
+        return await self.client.store.member_keys(self.key)
+
+    async def add_tasks(
+        self, tasks: Sequence[Any], *, close: bool = False, **kwargs: Any
+    ) -> list[Signature]:
+        """Add members (signatures, decorated tasks or names); ``kwargs`` are bound to each new
+        member. A running swarm starts them as slots free up; returns their signatures."""
+        plan = Plan(self.client, K.workflow_of(self.key))
+        member_keys = [plan.child(t, self.key, self.key) for t in tasks]
+        if kwargs:
+            for rec in plan.records:
+                rec.fields.update(kwarg_fields(kwargs))
+        await plan.commit()
+        if kwargs:
+            for _sig, new_key, _p, _o in plan.moves:
+                await self.client.store.update_kwargs(new_key, kwarg_fields(kwargs))
+        answer = await self.client.store.swarm_add(self.key, member_keys, close)
+        if answer and isinstance(answer[0], str):
+            await self.client.store.write_raw([], [r.key for r in plan.records])
+            raise _rejection(self.key, [str(a) for a in answer])
+        await self.client.runtime.carry_out(answer)  # type: ignore[arg-type]
+        if close:
+            self._record.fields["closed"] = "1"
+        return [self.client.handle(r) for r in await _records(self.client, member_keys)]
+
+    async def aio_run_in_swarm(
+        self, task: Any, msg: Message = None, *, close: bool = False
+    ) -> list[Signature]:
+        """Add one task (or a list) with ``msg`` bound to it, and start the swarm if it is not
+        running yet."""
+        tasks = list(task) if isinstance(task, list | tuple) else [task]
+        added = await self.add_tasks(tasks, close=close, **message_dict(msg))
+        await self._start_if_pending()
+        return added
+
+    async def aio_run_tasks_in_swarm(
+        self, tasks: Sequence[Any], msgs: Sequence[Message], *, close: bool = False
+    ) -> list[Signature]:
+        """Add tasks paired with their own messages; start the swarm if it is not running yet."""
+        if len(tasks) != len(msgs):
+            raise ValueError(f"{len(tasks)} tasks but {len(msgs)} messages")
+        added: list[Signature] = []
+        for i, (t, m) in enumerate(zip(tasks, msgs, strict=True)):
+            last = i == len(tasks) - 1
+            added += await self.add_tasks([t], close=close and last, **message_dict(m))
+        await self._start_if_pending()
+        return added
+
+    async def _start_if_pending(self) -> None:
+        await self.aload()
+        if self.status is SignatureStatus.PENDING and not self._launched:
+            await self.aio_run_no_wait(None)
+
+    async def close_swarm(self) -> None:
+        """No more members; once all have finished the swarm completes."""
+        actions = await self.client.store.swarm_close(self.key)
+        if actions is None:
+            raise InvalidTransitionError(self.key, "missing", "close")
+        self._record.fields["closed"] = "1"
+        await self.client.runtime.carry_out(actions)
+
+    async def results(self) -> dict[str, Any]:
+        """Each member's result by signature key (a TaskError for a failed member, None for one
+        that has not finished)."""
+        member_keys = await self.tasks()
+        out: dict[str, Any] = {}
+        for key, rec in zip(
+            member_keys, await self.client.store.load_many(member_keys), strict=True
+        ):
+            out[key] = _member_result(rec)
+        return out
+
+
+def _member_result(rec: Record | None) -> Any:
+    if rec is None:
+        return None
+    if rec.status == "done":
+        return loads(rec.get("res", "null"))
+    if rec.get("error"):
+        return TaskError.model_validate_json(rec.get("error"))
+    return None
+
+
+def _rejection(key: str, answer: list[str]) -> Exception:
+    if answer[0] == "closed":
+        return SwarmClosedError(key)
+    if answer[0] == "full":
+        return SwarmFullError(key, int(answer[1]))
+    if answer[0] == "finished":
+        return InvalidTransitionError(key, answer[1], "add tasks to")
+    return InvalidTransitionError(key, answer[0], "add tasks to")
+
+
+async def _records(client: Mageflow, key_list: list[str]) -> list[Record]:
+    return [r for r in await client.store.load_many(key_list) if r is not None]
+
+
+def _callbacks(plan: Plan, key: str, ok: Sequence[Any], err: Sequence[Any]) -> dict[str, str]:
+    check_callbacks(plan.client, ok)
+    return {
+        "ok": json.dumps([plan.child(cb, "", key) for cb in ok]),
+        "err": json.dumps([plan.child(cb, "", key) for cb in err]),
+    }
+
+
+async def create_chain(
+    client: Mageflow,
+    tasks: Sequence[Any],
+    *,
+    name: str | None,
+    success_callbacks: Sequence[Any],
+    error_callbacks: Sequence[Any],
+    kwargs: dict[str, Any],
+) -> ChainSignature:
+    if not tasks:
+        raise ConfigurationError("a chain needs at least one task")
+    key = client.keys.new_signature()
+    plan = Plan(client, K.workflow_of(key))
+    steps = [plan.child(t, key, key) for t in tasks]
+    fields = new_fields("chain", "", kwargs, name=name or "chain", steps=json.dumps(steps), cur="0")
+    fields.update(_callbacks(plan, key, success_callbacks, error_callbacks))
+    plan.records.insert(0, NewRecord(key, fields))
+    await plan.commit()
+    return ChainSignature(client, Record(key, fields))
+
+
+async def create_swarm(
+    client: Mageflow,
+    tasks: Sequence[Any],
+    *,
+    name: str | None,
+    success_callbacks: Sequence[Any],
+    error_callbacks: Sequence[Any],
+    config: SwarmConfig,
+    closed: bool,
+    kwargs: dict[str, Any],
+) -> SwarmSignature:
+    key = client.keys.new_signature()
+    if config.max_task_allowed is not None and len(tasks) > config.max_task_allowed:
+        raise SwarmFullError(key, config.max_task_allowed)
+    plan = Plan(client, K.workflow_of(key))
+    member_keys = [plan.child(t, key, key) for t in tasks]
+    fields = new_fields(
+        "swarm",
+        "",
+        kwargs,
+        name=name or "swarm",
+        maxc=str(config.max_concurrency),
+        limit=str(config.stop_after_n_failures or ""),
+        maxtasks=str(config.max_task_allowed or ""),
+        closed="1" if closed else "",
+    )
+    fields.update(total=str(len(member_keys)), running="0", nok="0", nfail="0")
+    fields.update(_callbacks(plan, key, success_callbacks, error_callbacks))
+    plan.records.insert(0, NewRecord(key, fields, member_keys))
+    await plan.commit()
+    return SwarmSignature(client, Record(key, fields))
