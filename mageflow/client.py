@@ -14,6 +14,7 @@ from mageflow import compose
 from mageflow.config import MageflowConfig, SwarmConfig
 from mageflow.containers import ChainSignature, SwarmSignature, create_chain, create_swarm
 from mageflow.engines import Engine, resolve_engine
+from mageflow.engines.base import EngineServices
 from mageflow.errors import ConfigurationError, UnknownTaskError
 from mageflow.runtime import Runtime
 from mageflow.signature import Signature, TaskSignature
@@ -170,7 +171,15 @@ class Mageflow:
         self._notifier = Notifier(store)
         self._store = store
         await self.refresh_registry()
-        await self.engine.start()
+        lease_ms = int(self.config.lease_seconds * 1000)
+        await self.engine.start(
+            EngineServices(
+                redis=store.redis,
+                keys=self.keys,
+                lease_seconds=self.config.lease_seconds,
+                heartbeat=lambda keys: store.heartbeat(keys, lease_ms),
+            )
+        )
 
     start = ensure_started
 

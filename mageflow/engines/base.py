@@ -18,7 +18,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from redis.asyncio import Redis
+
 from mageflow.envelope import Envelope
+from mageflow.store.keys import KeySchema
 
 if TYPE_CHECKING:
     from mageflow.tasks import TaskDef
@@ -39,6 +42,17 @@ class RunOutcome:
     @property
     def retry(self) -> bool:
         return self.status == "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineServices:
+    """Handed to :meth:`Engine.start`: the client's Redis connection and key schema (for engines
+    that coordinate workers through Redis, e.g. to cancel a run on another process)."""
+
+    redis: Redis
+    keys: KeySchema
+    lease_seconds: float
+    heartbeat: Callable[[list[str]], Awaitable[int]]
 
 
 Runner = Callable[["TaskDef", Envelope, int, Any], Awaitable[RunOutcome]]
@@ -64,8 +78,8 @@ class Engine(ABC):
     async def cancel(self, run_id: str) -> bool:
         """Stop a dispatched run (the signature key or the id ``dispatch`` returned)."""
 
-    async def start(self) -> None:
-        """Called once when the client starts."""
+    async def start(self, services: EngineServices) -> None:
+        """Called once when the client starts, with what engines may use of mageflow's own."""
 
     async def stop(self) -> None:
         """Called once when the client closes; running work should end by then."""

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
-from redis.commands.core import AsyncScript
 
 from mageflow.config import TTLConfig
 from mageflow.errors import RedisUnavailableError, SignatureNotFoundError
@@ -44,8 +44,9 @@ class Store:
         self.redis = client
         self.keys = keys
         self.ttl = ttl
-        self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
+        # Scripts go out as EVALSHA; they are loaded at start and again if Redis forgot them.
+        self._sha = {
+            name: hashlib.sha1(script_source(name).encode()).hexdigest() for name in SCRIPT_NAMES
         }
 
     # -- plumbing --------------------------------------------------------------------------
@@ -60,17 +61,29 @@ class Store:
     def _ttl_args(self) -> list[int]:
         return [self.ttl.active_ttl * 1000, self.ttl.done_ttl * 1000]
 
-    async def _run(
-        self, name: str, key_list: list[str], args: list[Any], client: Any = None
-    ) -> Any:
+    async def _run(self, name: str, key_list: list[str], args: list[Any]) -> Any:
+        full = [*key_list, *self._ttl_args(), *args]
         async with self._guard():
-            return await self._scripts[name](
-                keys=key_list, args=[*self._ttl_args(), *args], client=client
-            )
+            try:
+                return await self._evalsha(name, len(key_list), full)
+            except redis_errors.NoScriptError:
+                await self.load_scripts()
+                return await self._evalsha(name, len(key_list), full)
+
+    async def _evalsha(self, name: str, numkeys: int, full: list[Any]) -> Any:
+        return await self.redis.evalsha(self._sha[name], numkeys, *full)
+
+    async def load_scripts(self) -> None:
+        async with self._guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for name in SCRIPT_NAMES:
+                pipe.script_load(script_source(name))
+            await pipe.execute()
 
     async def ping(self) -> None:
         async with self._guard():
             await self.redis.ping()
+        await self.load_scripts()
 
     # -- records -----------------------------------------------------------------------------
 
@@ -85,17 +98,24 @@ class Store:
         comes back so the caller can handle signatures that could not simply be moved.
         """
         ttl_ms = self.ttl.active_ttl * 1000
-        async with self._guard():
+
+        async def attempt() -> list[Any]:
             pipe = self.redis.pipeline(transaction=True)
             for old, new, parent, owner in adopt:
-                await self._scripts["adopt"](
-                    keys=[old, new], args=[*self._ttl_args(), parent, owner], client=pipe
-                )
+                pipe.evalsha(self._sha["adopt"], 2, old, new, *self._ttl_args(), parent, owner)
             for rec in records:
                 pipe.hset(rec.key, mapping=_mapping(rec.fields))
                 pipe.pexpire(rec.key, ttl_ms)
                 self._write_members(pipe, rec, ttl_ms)
-            results = await pipe.execute()
+            return await pipe.execute()
+
+        async with self._guard():
+            try:
+                results = await attempt()
+            except redis_errors.NoScriptError:
+                # Redis restarted since start-up; every command here is safe to send again.
+                await self.load_scripts()
+                results = await attempt()
         return [[_s(x) for x in r] for r in results[: len(adopt)]]
 
     async def write_raw(self, records: list[NewRecord], delete: list[str]) -> None:
@@ -205,6 +225,12 @@ class Store:
         if _s(answer[0]) != "ok":
             return None
         return parse_actions([_s(x) for x in answer[1:]])
+
+    async def heartbeat(self, key_list: list[str], lease_ms: int) -> int:
+        """Extend the lease of running tasks so no redelivery takes them over."""
+        if not key_list:
+            return 0
+        return int(await self._run("heartbeat", key_list, [lease_ms]))
 
     # -- task registry ------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ SCRIPT_NAMES = (
     "swarm_close",
     "adopt",
     "update_kwargs",
+    "heartbeat",
 )
 
 

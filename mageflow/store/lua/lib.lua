@@ -34,7 +34,10 @@ end
 
 local function expire(key, ttl)
   redis.call('PEXPIRE', key, ttl)
-  for _, s in ipairs(SUBKEYS) do redis.call('PEXPIRE', key .. s, ttl) end
+  -- Only swarms have sub-keys (members, queue, finished).
+  if redis.call('HGET', key, 'kind') == 'swarm' then
+    for _, s in ipairs(SUBKEYS) do redis.call('PEXPIRE', key .. s, ttl) end
+  end
 end
 
 -- A signature that will never run (an unfired callback, a step after a failure): its whole
