@@ -120,6 +120,11 @@ class Mageflow:
         await self.ensure_started()
         return await self.runtime.run(task, envelope, attempt, ctx)
 
+    def worker(self, *args: Any, **kwargs: Any) -> Any:
+        """A worker for this client's tasks, in the engine's own terms (e.g. Hatchet's
+        ``worker(name, workflows=[...], lifespan=...)``); it starts and stops mageflow with it."""
+        return self.engine.worker(self, *args, **kwargs)
+
     @property
     def tasks(self) -> dict[str, TaskDef]:
         return dict(self._tasks)

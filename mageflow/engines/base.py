@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 
 from mageflow.envelope import Envelope
+from mageflow.errors import ConfigurationError
 from mageflow.store.keys import KeySchema
 
 if TYPE_CHECKING:
@@ -83,6 +84,12 @@ class Engine(ABC):
 
     async def stop(self) -> None:
         """Called once when the client closes; running work should end by then."""
+
+    def worker(self, client: Any, *args: Any, **kwargs: Any) -> Any:
+        """The engine's worker object for ``client``'s tasks (``Mageflow.worker`` calls this)."""
+        raise ConfigurationError(
+            f"{type(self).__name__} runs tasks in the calling process and has no workers"
+        )
 
     def context_for(self, envelope: Envelope, attempt: int) -> Any:
         """The context object handed to tasks that ask for one (engines with their own context
