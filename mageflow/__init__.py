@@ -3,7 +3,19 @@
 The public API is what this module exports; ``tests/test_public_api.py`` pins it.
 """
 
-from mageflow.api import achain, asign, aswarm, chain, load_signature, sign, swarm
+from mageflow.api import (
+    achain,
+    asign,
+    aswarm,
+    cancel,
+    chain,
+    interrupt,
+    load_signature,
+    resume,
+    sign,
+    suspend,
+    swarm,
+)
 from mageflow.client import Mageflow, current_client
 from mageflow.config import MageflowConfig, SwarmConfig, TTLConfig
 from mageflow.containers import ChainSignature, SwarmSignature, is_failed_result
@@ -65,10 +77,14 @@ __all__ = [
     "achain",
     "asign",
     "aswarm",
+    "cancel",
     "chain",
     "current_client",
+    "interrupt",
     "is_failed_result",
     "load_signature",
+    "resume",
     "sign",
+    "suspend",
     "swarm",
 ]

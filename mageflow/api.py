@@ -10,11 +10,13 @@ from pydantic import BaseModel
 from mageflow.client import current_client
 from mageflow.config import SwarmConfig
 from mageflow.containers import ChainSignature, SwarmSignature
+from mageflow.lifecycle import control
 from mageflow.signature import Signature
 
 
 async def sign(
     task: Any,
+    /,
     success_callbacks: Sequence[Any] | None = None,
     error_callbacks: Sequence[Any] | None = None,
     model_validators: type[BaseModel] | None = None,
@@ -84,3 +86,23 @@ async def swarm(
 
 
 aswarm = swarm
+
+
+async def suspend(key: str) -> None:
+    """Suspend the signature under ``key`` (see Signature.suspend)."""
+    await control(current_client(), key, "suspend")
+
+
+async def interrupt(key: str) -> None:
+    """Interrupt the signature under ``key`` (see Signature.interrupt)."""
+    await control(current_client(), key, "interrupt")
+
+
+async def resume(key: str) -> None:
+    """Resume the signature under ``key`` (see Signature.resume)."""
+    await control(current_client(), key, "resume")
+
+
+async def cancel(key: str) -> None:
+    """Cancel the signature under ``key`` (see Signature.cancel)."""
+    await control(current_client(), key, "cancel")

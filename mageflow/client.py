@@ -229,6 +229,7 @@ class Mageflow:
     async def sign(
         self,
         task: str | MageflowTask | Signature,
+        /,
         success_callbacks: Sequence[Any] | None = None,
         error_callbacks: Sequence[Any] | None = None,
         model_validators: type[BaseModel] | None = None,

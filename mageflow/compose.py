@@ -91,7 +91,7 @@ class Plan:
             for (sig, new_key, parent, owner), answer in zip(self.moves, answers, strict=True):
                 await self._settle(sig, new_key, parent, owner, answer)
         except MageflowError:
-            await self.client.store.write_raw([], [r.key for r in self.records])
+            await self.client.store.write_raw([], {r.key: "" for r in self.records})
             raise
 
     async def _settle(
@@ -151,7 +151,7 @@ async def copy_tree(
         if old == old_root:
             fields["parent"], fields["own"] = parent, owner
         out.append(NewRecord(mapping[old], fields, [mapping[m] for m in members.get(old, [])]))
-    await client.store.write_raw(out, list(records) if move else [])
+    await client.store.write_raw(out, {old: mapping[old] for old in records} if move else {})
 
 
 def _rewrite(rec: Record, mapping: dict[str, str], *, fresh: bool) -> dict[str, str]:

@@ -5,15 +5,36 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 
+class KindTTL(BaseModel):
+    """TTL overrides (seconds) for one kind of signature; None keeps the general value."""
+
+    active_ttl: float | None = Field(default=None, gt=0)
+    done_ttl: float | None = Field(default=None, gt=0)
+
+
 class TTLConfig(BaseModel):
     """How long (seconds) workflow state stays in Redis.
 
-    ``active_ttl`` is refreshed on every transition, so a workflow that makes progress never expires
-    mid-run; ``done_ttl`` starts when a signature reaches a terminal status.
+    ``active_ttl`` is refreshed on every transition of a signature (and on its heartbeats), so a
+    workflow that makes progress never expires mid-run; ``done_ttl`` starts when a signature
+    reaches a terminal status, and then applies to everything under it that will never run.
+    ``task``, ``chain`` and ``swarm`` override both for one kind.
     """
 
-    active_ttl: int = Field(default=24 * 3600, gt=0)
-    done_ttl: int = Field(default=24 * 3600, gt=0)
+    active_ttl: float = Field(default=24 * 3600, gt=0)
+    done_ttl: float = Field(default=24 * 3600, gt=0)
+    task: KindTTL = Field(default_factory=KindTTL)
+    chain: KindTTL = Field(default_factory=KindTTL)
+    swarm: KindTTL = Field(default_factory=KindTTL)
+
+    def milliseconds(self, phase: str) -> str:
+        """``"task,chain,swarm"`` TTLs in ms for 'active' or 'done' (the Lua scripts' format)."""
+        general = self.active_ttl if phase == "active" else self.done_ttl
+        parts = []
+        for kind in (self.task, self.chain, self.swarm):
+            value = kind.active_ttl if phase == "active" else kind.done_ttl
+            parts.append(str(int((value or general) * 1000)))
+        return ",".join(parts)
 
 
 class SwarmConfig(BaseModel):

@@ -85,7 +85,7 @@ class SwarmSignature(Signature):
                 await self.client.store.update_kwargs(new_key, kwarg_fields(kwargs))
         answer = await self.client.store.swarm_add(self.key, member_keys, close)
         if answer and isinstance(answer[0], str):
-            await self.client.store.write_raw([], [r.key for r in plan.records])
+            await self.client.store.write_raw([], {r.key: "" for r in plan.records})
             raise _rejection(self.key, [str(a) for a in answer])
         await self.client.runtime.carry_out(answer)  # type: ignore[arg-type]
         if close:

@@ -111,11 +111,18 @@ class Runtime:
 
     async def _call(self, task: TaskDef, message: Any, ctx: Any) -> Any:
         args = (message, ctx) if (task.with_context or self.config.pass_context) else (message,)
-        async with asyncio.timeout(task.timeout):
-            if inspect.iscoroutinefunction(task.fn):
-                return await task.fn(*args)
-            result = await asyncio.to_thread(task.fn, *args)
-            return await result if inspect.isawaitable(result) else result
+        try:
+            async with asyncio.timeout(task.timeout):
+                if inspect.iscoroutinefunction(task.fn):
+                    return await task.fn(*args)
+                result = await asyncio.to_thread(task.fn, *args)
+                return await result if inspect.isawaitable(result) else result
+        except TimeoutError as exc:
+            if task.timeout is not None and not exc.args:
+                raise TimeoutError(
+                    f"task {task.name!r} exceeded its {task.timeout} s timeout"
+                ) from None
+            raise
 
     # -- completion -----------------------------------------------------------------------------
 
@@ -136,6 +143,9 @@ class Runtime:
         try:
             if action.verb == "stop":
                 await self.engine.cancel(action.a or action.key)
+                return
+            if action.verb == "relaunch":
+                await self.launch(action.kind, action.task, Envelope.from_json(action.a))
                 return
             envelope = Envelope(sig=action.key, input={})
             if action.verb == "fire_ok":

@@ -40,7 +40,7 @@ class BoundKwargs(dict[str, Any]):
         super().__init__(values)
         self._owner = owner
 
-    async def aupdate(self, **kwargs: Any) -> None:
+    async def aupdate(self, /, **kwargs: Any) -> None:
         owner = self._owner
         owner.key = await owner.client.store.update_kwargs(owner.key, kwarg_fields(kwargs))
         self.update(kwargs)
@@ -122,9 +122,9 @@ class Signature:
         """Start this signature with ``msg`` (merged with its bound kwargs) and return at once."""
         if self._launched or self.status is not SignatureStatus.PENDING:
             raise InvalidTransitionError(self.key, self.status.value, "run")
+        envelope = Envelope(sig=self.key, input=message_dict(msg))
         await self.client.ensure_started()
         self._launched = True
-        envelope = Envelope(sig=self.key, input=message_dict(msg))
         await self.client.runtime.launch(self.kind, self.task_name, envelope)
 
     async def aio_run(self, msg: Message = None, *, timeout: float | None = None) -> Any:
@@ -150,6 +150,31 @@ class Signature:
                 err.traceback,
             )
         raise TaskCanceledError(self.key, self.status.value)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def suspend(self) -> None:
+        """Pause gracefully: what has not started will not start; running tasks finish.
+        Raises TaskAlreadyRunningError for a single task that is already running."""
+        await self._control("suspend")
+
+    async def interrupt(self) -> None:
+        """Pause now: running tasks are stopped too; resume() runs them again."""
+        await self._control("interrupt")
+
+    async def resume(self) -> None:
+        """Continue after suspend() or interrupt(): sends again exactly what was stopped."""
+        await self._control("resume")
+
+    async def cancel(self) -> None:
+        """Stop everything for good; the status becomes canceled and no callback fires."""
+        await self._control("cancel")
+
+    async def _control(self, action: str) -> None:
+        from mageflow.lifecycle import control
+
+        await control(self.client, self.key, action)
+        await self.aload()
 
     async def aduplicate(self, **kwargs: Any) -> Signature:
         """A fresh pending copy (same task, kwargs and callbacks), for another run."""

@@ -58,8 +58,8 @@ class Store:
         except _CONNECTION_ERRORS as exc:
             raise RedisUnavailableError(describe(self.redis), exc) from exc
 
-    def _ttl_args(self) -> list[int]:
-        return [self.ttl.active_ttl * 1000, self.ttl.done_ttl * 1000]
+    def _ttl_args(self) -> list[str]:
+        return [self.ttl.milliseconds("active"), self.ttl.milliseconds("done")]
 
     async def _run(self, name: str, key_list: list[str], args: list[Any]) -> Any:
         full = [*key_list, *self._ttl_args(), *args]
@@ -97,7 +97,7 @@ class Store:
         ``adopt`` holds (old key, new key, parent, owner); the adopt script's answer for each
         comes back so the caller can handle signatures that could not simply be moved.
         """
-        ttl_ms = self.ttl.active_ttl * 1000
+        ttl_ms = int(self.ttl.active_ttl * 1000)
 
         async def attempt() -> list[Any]:
             pipe = self.redis.pipeline(transaction=True)
@@ -118,13 +118,18 @@ class Store:
                 results = await attempt()
         return [[_s(x) for x in r] for r in results[: len(adopt)]]
 
-    async def write_raw(self, records: list[NewRecord], delete: list[str]) -> None:
-        """Replace whole records (used when moving a subtree under another workflow)."""
-        ttl_ms = self.ttl.active_ttl * 1000
+    async def write_raw(self, records: list[NewRecord], forward: dict[str, str]) -> None:
+        """Write whole records; delete the keys in ``forward``, leaving a note that points to
+        the new key where one is given (used when moving a subtree under another workflow)."""
+        ttl_ms = int(self.ttl.active_ttl * 1000)
         async with self._guard():
             pipe = self.redis.pipeline(transaction=True)
-            for old in delete:
+            for old, new in forward.items():
+                # A moved signature leaves a note, so keys handed out earlier still resolve.
                 pipe.delete(old, K.members(old), K.queue(old), K.finished(old))
+                if new:
+                    pipe.hset(old, "moved", new)
+                    pipe.pexpire(old, ttl_ms)
             for rec in records:
                 pipe.delete(rec.key)
                 pipe.hset(rec.key, mapping=_mapping(rec.fields))
@@ -219,6 +224,13 @@ class Store:
         if _s(answer[0]) != "ok":
             return [_s(x) for x in answer]
         return parse_actions([_s(x) for x in answer[1:]])
+
+    async def control(self, key: str, action: str) -> list[Action] | tuple[str, str]:
+        """Suspend, interrupt, resume or cancel; (reason, status) when not allowed."""
+        answer = [_s(x) for x in await self._run("control", [key], [action])]
+        if answer[0] != "ok":
+            return answer[1], answer[2]
+        return parse_actions(answer[1:])
 
     async def swarm_close(self, key: str) -> list[Action] | None:
         answer = await self._run("swarm_close", [key], [])

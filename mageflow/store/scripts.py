@@ -14,6 +14,7 @@ SCRIPT_NAMES = (
     "adopt",
     "update_kwargs",
     "heartbeat",
+    "control",
 )
 
 

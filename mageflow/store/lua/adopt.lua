@@ -12,8 +12,8 @@ local fields = redis.call('HGETALL', old)
 redis.call('DEL', old)
 redis.call('HSET', new, unpack(fields))
 redis.call('HSET', new, 'parent', ARGV[3], 'own', ARGV[4])
-expire(new, ACTIVE_TTL)
+expire(new, 'active')
 -- Leave a forwarding note so a key handed out earlier still resolves.
 redis.call('HSET', old, 'moved', new)
-redis.call('PEXPIRE', old, ACTIVE_TTL)
+redis.call('PEXPIRE', old, TTL.done.task)
 return {'ok'}

@@ -1,15 +1,23 @@
 -- Shared prelude of every transition script (prepended at load time; Redis 6.2 has no functions).
--- Convention for every script: ARGV[1] = active TTL (ms), ARGV[2] = done TTL (ms).
--- Scripts return a flat list of actions, 6 strings each, for the Python side to carry out after
--- the state change has committed:
+-- Convention for every script: ARGV[1] = active TTLs (ms) and ARGV[2] = done TTLs (ms), each
+-- "task,chain,swarm". Scripts return a flat list of actions, 6 strings each, for the Python side
+-- to carry out after the state change has committed:
 --   fire_ok  <cb key> <kind> <task> <return value json> ''
 --   fire_err <cb key> <kind> <task> <failed message json> <error json>
 --   launch   <key>    <kind> <task> <input json or ''>   <return value json or '' for none>
---   stop     <key>    <kind> <task> <run id or ''>        ''
-local ACTIVE_TTL = tonumber(ARGV[1])
-local DONE_TTL = tonumber(ARGV[2])
+--   relaunch <key>    <kind> <task> <envelope json>      ''   (resume: send the same message again)
+--   stop     <key>    <kind> <task> <run id or ''>        ''   (cancel the running task)
+local function ttl_table(raw)
+  local t, kinds, i = {}, {'task', 'chain', 'swarm'}, 1
+  for part in string.gmatch(raw, '[^,]+') do t[kinds[i]] = tonumber(part); i = i + 1 end
+  return t
+end
+local TTL = {active = ttl_table(ARGV[1]), done = ttl_table(ARGV[2])}
+local TERMINAL = {done = true, failed = true, canceled = true}
+local CANCELED = '{"type":"Canceled","message":"canceled before it finished"}'
+local TOO_MANY_FAILURES = '{"type":"SwarmFailed","message":"stop_after_n_failures reached"}'
 local actions = {}
-local SUBKEYS = {':members', ':queue', ':finished'}
+local SUBKEYS = {':members', ':queue', ':finished', ':cache'}
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -32,24 +40,31 @@ local function decode_list(raw)
   return cjson.decode(raw)
 end
 
-local function expire(key, ttl)
+-- Set a signature's TTL for its phase ('active' or 'done'), sub-keys included.
+local function expire(key, phase)
+  local kind = redis.call('HGET', key, 'kind') or 'task'
+  local ttl = TTL[phase][kind] or TTL[phase]['task']
   redis.call('PEXPIRE', key, ttl)
-  -- Only swarms have sub-keys (members, queue, finished).
-  if redis.call('HGET', key, 'kind') == 'swarm' then
-    for _, s in ipairs(SUBKEYS) do redis.call('PEXPIRE', key .. s, ttl) end
-  end
+  for _, s in ipairs(SUBKEYS) do redis.call('PEXPIRE', key .. s, ttl) end
+end
+
+-- Steps of a chain and members of a swarm.
+local function children(key)
+  local out = decode_list(redis.call('HGET', key, 'steps'))
+  for _, m in ipairs(redis.call('LRANGE', key .. ':members', 0, -1)) do out[#out + 1] = m end
+  return out
 end
 
 -- A signature that will never run (an unfired callback, a step after a failure): its whole
 -- subtree gets the done TTL so nothing of the workflow outlives it.
 local function expire_tree(key, depth)
   if depth > 64 then return end
-  expire(key, DONE_TTL)
-  local f = redis.call('HMGET', key, 'ok', 'err', 'steps')
-  for i = 1, 3 do
-    for _, child in ipairs(decode_list(f[i])) do expire_tree(child, depth + 1) end
+  expire(key, 'done')
+  local f = redis.call('HMGET', key, 'ok', 'err')
+  for i = 1, 2 do
+    for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, depth + 1) end
   end
-  for _, m in ipairs(redis.call('LRANGE', key .. ':members', 0, -1)) do expire_tree(m, depth + 1) end
+  for _, child in ipairs(children(key)) do expire_tree(child, depth + 1) end
 end
 
 local function publish_done(key, outcome)
@@ -61,16 +76,18 @@ end
 local function finalize(key, outcome, value, msg)
   local field = (outcome == 'done') and 'res' or 'error'
   redis.call('HSET', key, 'st', outcome, field, value, 'ts_f', now_ms())
+  if outcome == 'failed' and msg ~= '' then redis.call('HSET', key, 'msg', msg) end
   local f = redis.call('HMGET', key, 'ok', 'err', 'w')
-  local fire, skip = f[1], f[2]
-  if outcome ~= 'done' then fire, skip = f[2], f[1] end
-  if outcome == 'canceled' then fire, skip = nil, nil end
+  local fire, skip, skip2 = f[1], f[2], nil
+  if outcome == 'failed' then fire, skip = f[2], f[1] end
+  if outcome == 'canceled' then fire, skip, skip2 = nil, f[1], f[2] end
   for _, cb in ipairs(decode_list(fire)) do
     if outcome == 'done' then act('fire_ok', cb, value, '') else act('fire_err', cb, msg, value) end
   end
   for _, cb in ipairs(decode_list(skip)) do expire_tree(cb, 0) end
+  for _, cb in ipairs(decode_list(skip2)) do expire_tree(cb, 0) end
   if f[3] then publish_done(key, outcome) end
-  expire(key, DONE_TTL)
+  expire(key, 'done')
 end
 
 local function swarm_results(swarm)
@@ -88,10 +105,12 @@ local function swarm_results(swarm)
 end
 
 local function swarm_counts(swarm)
-  local c = redis.call('HMGET', swarm, 'running', 'nok', 'nfail', 'total', 'closed', 'maxc', 'limit')
+  local c = redis.call('HMGET', swarm, 'running', 'nok', 'nfail', 'total', 'closed', 'maxc',
+    'limit', 'ncanc')
   return {running = tonumber(c[1] or '0'), nok = tonumber(c[2] or '0'),
           nfail = tonumber(c[3] or '0'), total = tonumber(c[4] or '0'), closed = c[5] == '1',
-          maxc = tonumber(c[6] or '1'), limit = tonumber(c[7] or '')}
+          maxc = tonumber(c[6] or '1'), limit = tonumber(c[7] or ''),
+          ncanc = tonumber(c[8] or '0')}
 end
 
 -- Start queued members while slots are free. Returns the updated counts.
@@ -101,40 +120,49 @@ local function swarm_fill(swarm, c)
     local nxt = redis.call('LPOP', swarm .. ':queue')
     if not nxt then break end
     c.running = redis.call('HINCRBY', swarm, 'running', 1)
+    expire(nxt, 'active')
     act('launch', nxt, sm[1], sm[2])
   end
   return c
 end
 
 local function swarm_is_complete(c)
-  return c.closed and (c.nok + c.nfail) >= c.total and c.running <= 0
+  return c.closed and (c.nok + c.nfail + c.ncanc) >= c.total and c.running <= 0
 end
 
 -- Too many failures: queued members never start, running ones are told to stop.
 local function swarm_abort(swarm)
   for _, q in ipairs(redis.call('LRANGE', swarm .. ':queue', 0, -1)) do
-    redis.call('HSET', q, 'st', 'canceled')
-    expire_tree(q, 0)
+    finalize(q, 'canceled', CANCELED, '')
   end
   redis.call('DEL', swarm .. ':queue')
   for _, m in ipairs(redis.call('LRANGE', swarm .. ':members', 0, -1)) do
-    local st = redis.call('HGET', m, 'st')
-    if st == 'active' then
-      act('stop', m, redis.call('HGET', m, 'run') or '', '')
-      redis.call('HSET', m, 'st', 'canceled')
-      expire_tree(m, 0)
+    local f = redis.call('HMGET', m, 'st', 'run', 'kind')
+    if f[1] and not TERMINAL[f[1]] then
+      if f[3] == 'task' and f[1] == 'active' then act('stop', m, f[2] or '', '') end
+      finalize(m, 'canceled', CANCELED, '')
     end
   end
   redis.call('HSET', swarm, 'running', 0)
 end
 
-local function swarm_member_done(swarm, member, outcome, value)
-  if redis.call('SADD', swarm .. ':finished', member) == 0 then return nil end
-  expire(swarm, ACTIVE_TTL)
-  redis.call('HINCRBY', swarm, 'running', -1)
-  redis.call('HINCRBY', swarm, (outcome == 'done') and 'nok' or 'nfail', 1)
+-- Count a finished member once. A member still queued held no slot.
+local function swarm_count(swarm, member, outcome)
+  if redis.call('SADD', swarm .. ':finished', member) == 0 then return false end
+  expire(swarm, 'active')
+  if redis.call('LREM', swarm .. ':queue', 1, member) == 0 then
+    redis.call('HINCRBY', swarm, 'running', -1)
+  end
+  local field = 'nfail'
+  if outcome == 'done' then field = 'nok' elseif outcome == 'canceled' then field = 'ncanc' end
+  redis.call('HINCRBY', swarm, field, 1)
+  return true
+end
+
+-- After a running swarm's counts changed: fail it, fill free slots, or complete it.
+local function swarm_settle(swarm, value)
   local c = swarm_counts(swarm)
-  if outcome ~= 'done' and c.limit and c.nfail >= c.limit then
+  if c.limit and c.nfail >= c.limit then
     swarm_abort(swarm)
     return swarm, 'failed', value
   end
@@ -143,17 +171,23 @@ local function swarm_member_done(swarm, member, outcome, value)
   return nil
 end
 
+local function swarm_member_done(swarm, member, outcome, value)
+  if not swarm_count(swarm, member, outcome) then return nil end
+  return swarm_settle(swarm, value)
+end
+
 local function chain_step_done(chain, step, outcome, value)
-  expire(chain, ACTIVE_TTL)
+  expire(chain, 'active')
   local steps = decode_list(redis.call('HGET', chain, 'steps'))
   local cur = tonumber(redis.call('HGET', chain, 'cur') or '0')
   if steps[cur + 1] ~= step then return nil end
   if outcome ~= 'done' then
     for i = cur + 2, #steps do expire_tree(steps[i], 0) end
-    return chain, 'failed', value
+    return chain, outcome, value
   end
   if cur + 2 > #steps then return chain, 'done', value end
   redis.call('HSET', chain, 'cur', cur + 1)
+  expire(steps[cur + 2], 'active')
   act('launch', steps[cur + 2], '', value)
   return nil
 end
@@ -165,12 +199,17 @@ local function complete(key, outcome, value, msg)
     local parent = redis.call('HGET', key, 'parent')
     if not parent or parent == '' then return end
     local p = redis.call('HMGET', parent, 'st', 'kind')
-    -- A parent that is not running (suspended, canceled, finished) does not advance now.
-    if p[1] ~= 'active' then return end
-    if p[2] == 'chain' then
-      key, outcome, value = chain_step_done(parent, key, outcome, value)
+    if p[1] == 'active' then
+      if p[2] == 'chain' then
+        key, outcome, value = chain_step_done(parent, key, outcome, value)
+      else
+        key, outcome, value = swarm_member_done(parent, key, outcome, value)
+      end
     else
-      key, outcome, value = swarm_member_done(parent, key, outcome, value)
+      -- A paused swarm still counts its members (resume acts on the counts); a paused chain
+      -- looks at its current step when resumed; a finished parent ignores late children.
+      if p[2] == 'swarm' and p[1] and not TERMINAL[p[1]] then swarm_count(parent, key, outcome) end
+      return
     end
   end
 end

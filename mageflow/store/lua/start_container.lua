@@ -5,18 +5,19 @@ local f = redis.call('HMGET', key, 'st', 'kind')
 if not f[1] then return {'missing'} end
 if f[1] ~= 'pending' then return {f[1]} end
 redis.call('HSET', key, 'st', 'active', 'ts_s', now_ms())
-expire(key, ACTIVE_TTL)
+expire(key, 'active')
 if f[2] == 'chain' then
   local steps = decode_list(redis.call('HGET', key, 'steps'))
   if #steps == 0 then
     complete(key, 'done', 'null', ARGV[3])
   else
+    expire(steps[1], 'active')
     act('launch', steps[1], ARGV[3], ARGV[4])
   end
 else
   redis.call('HSET', key, 'msg', ARGV[3], 'ret', ARGV[4])
-  local c = swarm_fill(key, swarm_counts(key))
-  if swarm_is_complete(c) then complete(key, 'done', swarm_results(key), ARGV[3]) end
+  local k2, outcome, value = swarm_settle(key, '')
+  if k2 then complete(k2, outcome, value, ARGV[3]) end
 end
 table.insert(actions, 1, 'ok')
 return actions

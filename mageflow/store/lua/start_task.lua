@@ -1,6 +1,6 @@
 -- A worker received a task message. Decide whether to run it, atomically.
 -- KEYS[1] signature. ARGV[3] attempt number, ARGV[4] lease (ms), ARGV[5] the message envelope json
--- (kept when the signature is paused, so resume can send it again).
+-- (kept on the signature, so resume can send the same message again).
 -- Returns {'run', <hash fields...>} or {<reason>}: 'busy' (a live worker holds it), 'missing', or the
 -- status that forbids running (done, failed, canceled, suspended, interrupted).
 local key = KEYS[1]
@@ -14,11 +14,18 @@ if st == 'active' then
   -- an expired lease (the holder died) may take over.
   if attempt <= tonumber(cur[1] or '0') and now < tonumber(cur[2] or '0') then return {'busy'} end
 elseif st ~= 'pending' then
-  if st == 'suspended' or st == 'interrupted' then redis.call('HSET', key, 'parked', ARGV[5]) end
+  -- Paused: park the message for resume.
+  if st == 'suspended' or st == 'interrupted' then redis.call('HSET', key, 'env', ARGV[5]) end
   return {st}
 end
-redis.call('HSET', key, 'st', 'active', 'att', attempt, 'lease', now + tonumber(ARGV[4]), 'ts_s', now)
-expire(key, ACTIVE_TTL)
+redis.call('HSET', key, 'st', 'active', 'att', attempt, 'lease', now + tonumber(ARGV[4]),
+  'ts_s', now, 'env', ARGV[5])
+expire(key, 'active')
+-- Its callbacks must outlive the run, however long it takes.
+local cbs = redis.call('HMGET', key, 'ok', 'err')
+for i = 1, 2 do
+  for _, cb in ipairs(decode_list(cbs[i])) do expire(cb, 'active') end
+end
 local out = redis.call('HGETALL', key)
 table.insert(out, 1, 'run')
 return out

@@ -7,7 +7,7 @@ local f = redis.call('HMGET', key, 'st', 'closed', 'total', 'maxtasks')
 local n = #ARGV - 3
 if not f[1] then return {'missing'} end
 if f[2] == '1' then return {'closed'} end
-if f[1] == 'done' or f[1] == 'failed' or f[1] == 'canceled' then return {'finished', f[1]} end
+if TERMINAL[f[1]] then return {'finished', f[1]} end
 local limit = tonumber(f[4] or '')
 if limit and tonumber(f[3] or '0') + n > limit then return {'full', tostring(limit)} end
 for i = 4, #ARGV do
@@ -16,12 +16,10 @@ for i = 4, #ARGV do
 end
 redis.call('HINCRBY', key, 'total', n)
 if ARGV[3] == 'close' then redis.call('HSET', key, 'closed', '1') end
-expire(key, ACTIVE_TTL)
+expire(key, 'active')
 if f[1] == 'active' then
-  local c = swarm_fill(key, swarm_counts(key))
-  if swarm_is_complete(c) then
-    complete(key, 'done', swarm_results(key), redis.call('HGET', key, 'msg') or '')
-  end
+  local k2, outcome, value = swarm_settle(key, '')
+  if k2 then complete(k2, outcome, value, '') end
 end
 table.insert(actions, 1, 'ok')
 return actions

@@ -4,7 +4,7 @@ local st = redis.call('HGET', key, 'st')
 if not st then return {'missing'} end
 redis.call('HSET', key, 'closed', '1')
 if st == 'active' and swarm_is_complete(swarm_counts(key)) then
-  complete(key, 'done', swarm_results(key), redis.call('HGET', key, 'msg') or '')
+  complete(key, 'done', swarm_results(key), '')
 end
 table.insert(actions, 1, 'ok')
 return actions

@@ -1,0 +1,156 @@
+"""The ``mageflow`` command: ``demo``, ``show`` and ``version``.
+
+A thin layer over the library: each command parses its options and calls into mageflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from mageflow import __version__
+from mageflow.client import Mageflow
+from mageflow.config import MageflowConfig
+from mageflow.containers import ChainSignature, SwarmSignature
+from mageflow.errors import MageflowError
+from mageflow.signature import Signature
+from mageflow.store.embedded import embedded_default
+
+app = typer.Typer(
+    name="mageflow",
+    help="Compose async tasks (signatures, callbacks, chains, swarms) with state in Redis.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+RedisUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-url",
+        help="Redis to use. Default: $REDIS_URL, else a private redis-server under the data dir.",
+    ),
+]
+DataDir = Annotated[
+    str | None,
+    typer.Option(
+        "--data-dir", help="Embedded Redis data dir (default $MAGEFLOW_DATA_DIR or .mageflow)."
+    ),
+]
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {escape(str(exc))}")
+    return typer.Exit(code=1)
+
+
+def _stop_embedded(redis_url: str | None, data_dir: str | None) -> None:
+    """Shut down the embedded server this process started (at exit it would stop anyway)."""
+    if redis_url is None and not os.environ.get("REDIS_URL"):
+        embedded_default(data_dir).stop()
+
+
+@app.command()
+def version() -> None:
+    """Print the installed mageflow version."""
+    console.print(f"mageflow {__version__}")
+
+
+@app.command()
+def demo(
+    redis_url: RedisUrl = None,
+    data_dir: DataDir = None,
+    tasks: Annotated[int, typer.Option("--tasks", min=1, help="Size of the demo swarm.")] = 200,
+) -> None:
+    """Run a short tour: callbacks, a chain and a swarm, on the in-process engine."""
+    from mageflow.demo import run_demo
+
+    try:
+        asyncio.run(run_demo(redis_url, data_dir, tasks, console))
+    except MageflowError as exc:
+        raise _fail(exc) from exc
+    finally:
+        _stop_embedded(redis_url, data_dir)
+
+
+def _namespace_of(key: str) -> str:
+    namespace, sep, _ = key.partition(":sig:")
+    return namespace if sep and namespace else MageflowConfig().namespace
+
+
+async def _load(
+    key: str, redis_url: str | None, data_dir: str | None
+) -> tuple[Signature, list[str]]:
+    """The signature under ``key`` and the keys it contains (chain steps or swarm members)."""
+    config = MageflowConfig(namespace=_namespace_of(key), data_dir=data_dir)
+    async with Mageflow(None, redis_url, config=config) as mf:
+        sig = await mf.load_signature(key)
+        if isinstance(sig, ChainSignature):
+            return sig, sig.tasks
+        if isinstance(sig, SwarmSignature):
+            return sig, await sig.tasks()
+        return sig, []
+
+
+def _text(value: Any) -> str:
+    return escape(json.dumps(value, default=str)) if value is not None else "-"
+
+
+def signature_table(sig: Signature, children: list[str] | None = None) -> Table:
+    """A two-column table of a loaded signature's fields."""
+    table = Table(show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("key", sig.key)
+    table.add_row("kind", sig.kind)
+    table.add_row("name", escape(sig.name))
+    table.add_row("task", escape(sig.task_name) or "-")
+    table.add_row("status", sig.status.value)
+    table.add_row("kwargs", _text(dict(sig.kwargs)) if sig.kwargs else "-")
+    error = sig.error
+    if error is not None:
+        table.add_row("error", escape(f"{error.type}: {error.message}"))
+    else:
+        table.add_row("result", _text(sig.result_value))
+    table.add_row("success callbacks", "\n".join(sig.success_callbacks) or "-")
+    table.add_row("error callbacks", "\n".join(sig.error_callbacks) or "-")
+    table.add_row("parent", sig.parent or "-")
+    if children:
+        label = "steps" if sig.kind == "chain" else "members"
+        table.add_row(f"{label} ({len(children)})", "\n".join(children))
+    return table
+
+
+@app.command()
+def show(
+    key: Annotated[str, typer.Argument(help="Signature key, e.g. mageflow:sig:{wf}:id")],
+    redis_url: RedisUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Show a stored signature (task, chain or swarm): status, kwargs, result, callbacks."""
+    try:
+        sig, children = asyncio.run(_load(key, redis_url, data_dir))
+    except (MageflowError, ValueError) as exc:  # ValueError: a key with an invalid namespace
+        raise _fail(exc) from exc
+    finally:
+        _stop_embedded(redis_url, data_dir)
+    console.print(signature_table(sig, children))
+
+
+# The `worker` command (run registered tasks for a Taskiq/Hatchet engine) goes here; it is
+# being added separately.
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
