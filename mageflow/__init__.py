@@ -37,6 +37,7 @@ from mageflow.errors import (
     UnknownTaskError,
 )
 from mageflow.models.message import ContextMessage, ErrorValue, ReturnValue, TaskError
+from mageflow.scopes import abounded_field
 from mageflow.signature import Signature, TaskSignature
 from mageflow.status import SignatureStatus
 from mageflow.tasks import MageflowTask
@@ -74,6 +75,7 @@ __all__ = [
     "TaskSignature",
     "UnknownTaskError",
     "__version__",
+    "abounded_field",
     "achain",
     "asign",
     "aswarm",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, overload
 
 import redis.asyncio as aioredis
@@ -17,6 +18,7 @@ from mageflow.engines import Engine, resolve_engine
 from mageflow.engines.base import EngineServices
 from mageflow.errors import ConfigurationError, UnknownTaskError
 from mageflow.runtime import Runtime
+from mageflow.scopes import Batch, abounded_field, durable
 from mageflow.signature import Signature, TaskSignature
 from mageflow.store.connect import resolve_redis
 from mageflow.store.keys import KeySchema
@@ -119,6 +121,11 @@ class Mageflow:
     async def _run(self, task: TaskDef, envelope: Any, attempt: int, ctx: Any) -> Any:
         await self.ensure_started()
         return await self.runtime.run(task, envelope, attempt, ctx)
+
+    def abounded_field(self) -> AbstractAsyncContextManager[Batch]:
+        """``async with mf.abounded_field():`` — signature writes in the block go out as one
+        atomic write at its end; runs started in it are dispatched after that commit."""
+        return abounded_field(self)
 
     def worker(self, *args: Any, **kwargs: Any) -> Any:
         """A worker for this client's tasks, in the engine's own terms (e.g. Hatchet's
@@ -238,13 +245,16 @@ class Mageflow:
         """Store a signature: ``task`` plus bound ``kwargs`` and callbacks (signatures too)."""
         await self.ensure_started()
         await self._refresh_for([task])
-        return await compose.sign(
+        return await durable(
             self,
-            task,
-            success_callbacks=success_callbacks,
-            error_callbacks=error_callbacks,
-            model_validators=model_validators,
-            kwargs=kwargs,
+            lambda: compose.sign(
+                self,
+                task,
+                success_callbacks=success_callbacks,
+                error_callbacks=error_callbacks,
+                model_validators=model_validators,
+                kwargs=kwargs,
+            ),
         )
 
     asign = sign
@@ -280,13 +290,16 @@ class Mageflow:
         """
         await self.ensure_started()
         await self._refresh_for(tasks)
-        return await create_chain(
+        return await durable(
             self,
-            tasks,
-            name=name,
-            success_callbacks=_with(success_callbacks, success),
-            error_callbacks=_with(error_callbacks, error),
-            kwargs=kwargs,
+            lambda: create_chain(
+                self,
+                tasks,
+                name=name,
+                success_callbacks=_with(success_callbacks, success),
+                error_callbacks=_with(error_callbacks, error),
+                kwargs=kwargs,
+            ),
         )
 
     achain = chain
@@ -309,15 +322,18 @@ class Mageflow:
         """
         await self.ensure_started()
         await self._refresh_for(tasks or [])
-        return await create_swarm(
+        return await durable(
             self,
-            list(tasks or []),
-            name=task_name,
-            success_callbacks=list(success_callbacks or []),
-            error_callbacks=list(error_callbacks or []),
-            config=config or SwarmConfig(),
-            closed=is_swarm_closed,
-            kwargs=kwargs,
+            lambda: create_swarm(
+                self,
+                list(tasks or []),
+                name=task_name,
+                success_callbacks=list(success_callbacks or []),
+                error_callbacks=list(error_callbacks or []),
+                config=config or SwarmConfig(),
+                closed=is_swarm_closed,
+                kwargs=kwargs,
+            ),
         )
 
     aswarm = swarm

@@ -20,6 +20,7 @@ from mageflow.errors import (
     MageflowError,
     SignatureNotFoundError,
 )
+from mageflow.scopes import current_batch
 from mageflow.store import keys as K
 from mageflow.store.records import NewRecord, Record, kwarg_fields
 from mageflow.tasks import remember_model
@@ -84,17 +85,22 @@ class Plan:
         )
         return key
 
-    async def commit(self) -> None:
+    async def commit(self, *, immediate: bool = False) -> None:
+        """Write the plan now, or at the end of the enclosing ``abounded_field`` block."""
+        batch = None if immediate else current_batch()
+        if batch is not None:
+            batch.plans.append(self)
+            return
         moves = [(sig.key, new, parent, owner) for sig, new, parent, owner in self.moves]
         answers = await self.client.store.create(self.records, moves)
         try:
             for (sig, new_key, parent, owner), answer in zip(self.moves, answers, strict=True):
-                await self._settle(sig, new_key, parent, owner, answer)
+                await self.settle(sig, new_key, parent, owner, answer)
         except MageflowError:
             await self.client.store.write_raw([], {r.key: "" for r in self.records})
             raise
 
-    async def _settle(
+    async def settle(
         self, sig: Signature, new_key: str, parent: str, owner: str, answer: list[str]
     ) -> None:
         verdict = answer[0]
@@ -104,7 +110,7 @@ class Plan:
             # Someone moved it first: our handle was stale. Try again from where it is now.
             sig.key = answer[1]
             again = await self.client.store.create([], [(sig.key, new_key, parent, owner)])
-            await self._settle(sig, new_key, parent, owner, again[0])
+            await self.settle(sig, new_key, parent, owner, again[0])
         elif verdict in ("tree", "owned"):
             await copy_tree(self.client, sig.key, new_key, parent, owner, move=verdict == "tree")
             if verdict == "tree":

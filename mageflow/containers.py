@@ -79,7 +79,7 @@ class SwarmSignature(Signature):
         if kwargs:
             for rec in plan.records:
                 rec.fields.update(kwarg_fields(kwargs))
-        await plan.commit()
+        await plan.commit(immediate=True)
         if kwargs:
             for _sig, new_key, _p, _o in plan.moves:
                 await self.client.store.update_kwargs(new_key, kwarg_fields(kwargs))

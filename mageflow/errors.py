@@ -27,10 +27,11 @@ class RedisUnavailableError(MageflowError):
     def __init__(self, url: str, cause: BaseException | None = None) -> None:
         self.url = url
         self.cause = cause
-        detail = f": {cause}" if cause else ""
+        detail = f" ({str(cause).rstrip('.')})" if cause else ""
         super().__init__(
-            f"cannot reach Redis at {url}{detail}. Start Redis, set REDIS_URL, or pass "
-            "redis_client=None to use the embedded server."
+            f"cannot reach Redis at {url}{detail}. Start that Redis or point mageflow at another "
+            "one (redis_client=..., or REDIS_URL); with neither, mageflow starts its own embedded "
+            "Redis."
         )
 
 

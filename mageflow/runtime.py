@@ -25,6 +25,7 @@ from mageflow.errors import (
     NonRetryableError,
 )
 from mageflow.models.message import TaskError, error_field, return_field
+from mageflow.scopes import enter_run, exit_run
 from mageflow.store.records import Action, Record, dumps, loads
 from mageflow.store.redis_store import Store
 from mageflow.tasks import TaskDef, resolve_model
@@ -89,6 +90,7 @@ class Runtime:
             log.debug("skip %s (%s): %s", task.name, envelope.sig, claim)
             return RunOutcome("skipped")
         message: BaseModel | dict[str, Any] = {**envelope.input, **claim.kwargs()}
+        scope = enter_run(claim.key, task.durable)
         try:
             message = build_message(self._model(task, claim), task.name, envelope, claim.kwargs())
             result = await self._call(task, message, ctx)
@@ -102,6 +104,8 @@ class Runtime:
             err = task_error(exc, claim.key, task.name)
             await self.finish(claim.key, "failed", err.model_dump_json(), dumps(message))
             return RunOutcome("failed", error=exc)
+        finally:
+            exit_run(scope)
         await self.finish(claim.key, "done", value, "")
         return RunOutcome("done", result=result)
 

@@ -41,8 +41,14 @@ class BoundKwargs(dict[str, Any]):
         self._owner = owner
 
     async def aupdate(self, /, **kwargs: Any) -> None:
+        from mageflow.scopes import current_batch
+
         owner = self._owner
-        owner.key = await owner.client.store.update_kwargs(owner.key, kwarg_fields(kwargs))
+        batch = current_batch()
+        if batch is not None:
+            batch.kwargs.append((owner, kwarg_fields(kwargs)))
+        else:
+            owner.key = await owner.client.store.update_kwargs(owner.key, kwarg_fields(kwargs))
         self.update(kwargs)
 
 
@@ -123,9 +129,20 @@ class Signature:
         if self._launched or self.status is not SignatureStatus.PENDING:
             raise InvalidTransitionError(self.key, self.status.value, "run")
         envelope = Envelope(sig=self.key, input=message_dict(msg))
+        from mageflow.scopes import current_batch
+
         await self.client.ensure_started()
         self._launched = True
-        await self.client.runtime.launch(self.kind, self.task_name, envelope)
+
+        async def send() -> None:
+            envelope.sig = self.key  # the key may have moved when the batch committed
+            await self.client.runtime.launch(self.kind, self.task_name, envelope)
+
+        batch = current_batch()
+        if batch is not None:
+            batch.launches.append(send)
+        else:
+            await send()
 
     async def aio_run(self, msg: Message = None, *, timeout: float | None = None) -> Any:
         """Start this signature and wait for it; return its result or raise its error."""

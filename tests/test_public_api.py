@@ -40,6 +40,7 @@ PUBLIC_API = [
     "TaskSignature",
     "UnknownTaskError",
     "__version__",
+    "abounded_field",
     "achain",
     "asign",
     "aswarm",

@@ -85,6 +85,11 @@ class Engine(ABC):
     async def stop(self) -> None:
         """Called once when the client closes; running work should end by then."""
 
+    async def join(self) -> None:
+        """Wait until no work this engine runs in the calling process is left (in-process
+        engine: every dispatched task and what it triggered); engines whose tasks run in worker
+        processes have nothing to wait for here."""
+
     def worker(self, client: Any, *args: Any, **kwargs: Any) -> Any:
         """The engine's worker object for ``client``'s tasks (``Mageflow.worker`` calls this)."""
         raise ConfigurationError(

@@ -10,6 +10,7 @@ Layout, with the default namespace ``mageflow``::
     mageflow:sig:{wf}:<id>:members    list   a swarm's member keys, in the order they were added
     mageflow:sig:{wf}:<id>:queue      list   a swarm's members still waiting for a slot
     mageflow:sig:{wf}:<id>:finished   set    a swarm's members already counted (dedupe)
+    mageflow:sig:{wf}:<id>:cache      list   signatures a durable task created (retry cache)
     mageflow:done:{wf}                pubsub channel announcing finished signatures to waiters
 """
 
@@ -65,6 +66,11 @@ def members(sig_key: str) -> str:
 
 def queue(sig_key: str) -> str:
     return f"{sig_key}:queue"
+
+
+def cache(sig_key: str) -> str:
+    """Signatures a durable task created, in order, reused when the task is retried."""
+    return f"{sig_key}:cache"
 
 
 def finished(sig_key: str) -> str:

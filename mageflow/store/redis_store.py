@@ -18,7 +18,10 @@ from mageflow.store.records import Action, NewRecord, Record, parse_actions
 from mageflow.store.scripts import SCRIPT_NAMES, script_source
 
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
-MAX_FORWARDS = 4  # how many 'moved' notes a lookup follows before giving up
+MAX_FORWARDS = 4
+Move = tuple[
+    str, str, str, str
+]  # (old key, new key, parent, owner)  # how many 'moved' notes a lookup follows before giving up
 
 
 def _s(value: Any) -> str:
@@ -88,35 +91,49 @@ class Store:
     # -- records -----------------------------------------------------------------------------
 
     async def create(
-        self,
-        records: list[NewRecord],
-        adopt: list[tuple[str, str, str, str]] = (),  # type: ignore[assignment]
+        self, records: list[NewRecord], adopt: list[Move] | None = None
     ) -> list[list[str]]:
         """Write new signatures and move existing leaves under them, in one MULTI/EXEC.
 
         ``adopt`` holds (old key, new key, parent, owner); the adopt script's answer for each
         comes back so the caller can handle signatures that could not simply be moved.
         """
-        ttl_ms = int(self.ttl.active_ttl * 1000)
+        return await self.create_many([(records, adopt or [])])
 
-        async def attempt() -> list[Any]:
+    async def create_many(
+        self,
+        groups: list[tuple[list[NewRecord], list[Move]]],
+        updates: list[tuple[str, dict[str, str]]] | None = None,
+    ) -> list[list[str]]:
+        """Several creations (in order: each group's moves, then its records) and kwargs
+        updates, all in one MULTI/EXEC. Returns the adopt answers in order."""
+        ttl_ms = int(self.ttl.active_ttl * 1000)
+        ttl_args = self._ttl_args()
+
+        async def attempt() -> list[list[str]]:
             pipe = self.redis.pipeline(transaction=True)
-            for old, new, parent, owner in adopt:
-                pipe.evalsha(self._sha["adopt"], 2, old, new, *self._ttl_args(), parent, owner)
-            for rec in records:
-                pipe.hset(rec.key, mapping=_mapping(rec.fields))
-                pipe.pexpire(rec.key, ttl_ms)
-                self._write_members(pipe, rec, ttl_ms)
-            return await pipe.execute()
+            is_move: list[bool] = []
+            for records, moves in groups:
+                for old, new, parent, owner in moves:
+                    pipe.evalsha(self._sha["adopt"], 2, old, new, *ttl_args, parent, owner)
+                    is_move.append(True)
+                for rec in records:
+                    pipe.hset(rec.key, mapping=_mapping(rec.fields))
+                    pipe.pexpire(rec.key, ttl_ms)
+                    is_move += [False, False, *self._write_members(pipe, rec, ttl_ms)]
+            for key, fields in updates or []:
+                flat = [x for pair in fields.items() for x in pair]
+                pipe.evalsha(self._sha["update_kwargs"], 1, key, *ttl_args, *flat)
+            results = await pipe.execute()
+            return [[_s(x) for x in r] for r, m in zip(results, is_move, strict=False) if m]
 
         async with self._guard():
             try:
-                results = await attempt()
+                return await attempt()
             except redis_errors.NoScriptError:
                 # Redis restarted since start-up; every command here is safe to send again.
                 await self.load_scripts()
-                results = await attempt()
-        return [[_s(x) for x in r] for r in results[: len(adopt)]]
+                return await attempt()
 
     async def write_raw(self, records: list[NewRecord], forward: dict[str, str]) -> None:
         """Write whole records; delete the keys in ``forward``, leaving a note that points to
@@ -138,12 +155,15 @@ class Store:
             await pipe.execute()
 
     @staticmethod
-    def _write_members(pipe: Any, rec: NewRecord, ttl_ms: int) -> None:
+    def _write_members(pipe: Any, rec: NewRecord, ttl_ms: int) -> list[bool]:
+        """Queue a new swarm's member lists; returns one False per command queued."""
+        if not rec.members:
+            return []
         # A swarm that has not started yet has every member still waiting for a slot.
-        if rec.members:
-            for sub in (K.members(rec.key), K.queue(rec.key)):
-                pipe.rpush(sub, *rec.members)
-                pipe.pexpire(sub, ttl_ms)
+        for sub in (K.members(rec.key), K.queue(rec.key)):
+            pipe.rpush(sub, *rec.members)
+            pipe.pexpire(sub, ttl_ms)
+        return [False] * 4
 
     async def find(self, key: str) -> Record | None:
         """The record under ``key`` (following forwarding notes), or None."""
@@ -243,6 +263,18 @@ class Store:
         if not key_list:
             return 0
         return int(await self._run("heartbeat", key_list, [lease_ms]))
+
+    async def cached(self, cache_key: str, index: int) -> str | None:
+        async with self._guard():
+            value = await self.redis.lindex(cache_key, index)
+        return _s(value) if value is not None else None
+
+    async def remember(self, cache_key: str, index: int, key: str) -> None:
+        async with self._guard():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.rpush(cache_key, key)
+            pipe.pexpire(cache_key, int(self.ttl.active_ttl * 1000))
+            await pipe.execute()
 
     # -- task registry ------------------------------------------------------------------------
 
