@@ -15,8 +15,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mageflow.store import keys as K
-
 if TYPE_CHECKING:
     from mageflow.client import Mageflow
     from mageflow.compose import Plan
@@ -54,14 +52,13 @@ async def durable(client: Mageflow, make: Callable[[], Awaitable[S]]) -> S:
     if scope is None or not scope.durable:
         return await make()
     index, scope.created = scope.created, scope.created + 1
-    cache = K.cache(scope.key)
-    existing = await client.store.cached(cache, index)
+    existing = await client.store.cached(scope.key, index)
     if existing is not None:
         record = await client.store.find(existing)
         if record is not None:
             return client.handle(record)  # type: ignore[return-value]
     sig = await make()
-    await client.store.remember(cache, index, sig.key)
+    await client.store.remember(scope.key, sig.key)
     return sig
 
 

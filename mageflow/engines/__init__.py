@@ -24,13 +24,13 @@ def resolve_engine(engine_client: Any) -> Engine:
         return engine_client
     module = type(engine_client).__module__
     if module.startswith("taskiq"):
-        from mageflow.engines.taskiq import TaskiqEngine  # type: ignore[import-not-found]
+        from mageflow.engines.taskiq import TaskiqEngine  # type: ignore[import-not-found, unused-ignore]
 
-        return TaskiqEngine(engine_client)  # type: ignore[no-any-return]
+        return TaskiqEngine(engine_client)  # type: ignore[no-any-return, unused-ignore]
     if module.startswith("hatchet_sdk"):
-        from mageflow.engines.hatchet import HatchetEngine  # type: ignore[import-not-found]
+        from mageflow.engines.hatchet import HatchetEngine  # type: ignore[import-not-found, unused-ignore]
 
-        return HatchetEngine(engine_client)  # type: ignore[no-any-return]
+        return HatchetEngine(engine_client)  # type: ignore[no-any-return, unused-ignore]
     raise ConfigurationError(
         f"unsupported engine client {type(engine_client).__qualname__}: pass None (in-process), a "
         "taskiq AsyncBroker, a hatchet_sdk.Hatchet, or a mageflow Engine."

@@ -264,16 +264,19 @@ class Store:
             return 0
         return int(await self._run("heartbeat", key_list, [lease_ms]))
 
-    async def cached(self, cache_key: str, index: int) -> str | None:
+    async def cached(self, owner: str, index: int) -> str | None:
+        """The signature a durable task's earlier attempt created at ``index``, if any."""
         async with self._guard():
-            value = await self.redis.lindex(cache_key, index)
+            value = await self.redis.lindex(K.cache(owner), index)
         return _s(value) if value is not None else None
 
-    async def remember(self, cache_key: str, index: int, key: str) -> None:
+    async def remember(self, owner: str, key: str) -> None:
+        """Append ``key`` to the durable task ``owner``'s retry cache."""
         async with self._guard():
             pipe = self.redis.pipeline(transaction=True)
-            pipe.rpush(cache_key, key)
-            pipe.pexpire(cache_key, int(self.ttl.active_ttl * 1000))
+            pipe.rpush(K.cache(owner), key)
+            pipe.pexpire(K.cache(owner), int(self.ttl.active_ttl * 1000))
+            pipe.hset(owner, "cache", "1")  # so the owner's TTL changes carry the cache along
             await pipe.execute()
 
     # -- task registry ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ local TERMINAL = {done = true, failed = true, canceled = true}
 local CANCELED = '{"type":"Canceled","message":"canceled before it finished"}'
 local TOO_MANY_FAILURES = '{"type":"SwarmFailed","message":"stop_after_n_failures reached"}'
 local actions = {}
-local SUBKEYS = {':members', ':queue', ':finished', ':cache'}
+local SWARM_SUBKEYS = {':members', ':queue', ':finished'}
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -42,10 +42,15 @@ end
 
 -- Set a signature's TTL for its phase ('active' or 'done'), sub-keys included.
 local function expire(key, phase)
-  local kind = redis.call('HGET', key, 'kind') or 'task'
+  local f = redis.call('HMGET', key, 'kind', 'cache')
+  local kind = f[1] or 'task'
   local ttl = TTL[phase][kind] or TTL[phase]['task']
   redis.call('PEXPIRE', key, ttl)
-  for _, s in ipairs(SUBKEYS) do redis.call('PEXPIRE', key .. s, ttl) end
+  if kind == 'swarm' then
+    for _, s in ipairs(SWARM_SUBKEYS) do redis.call('PEXPIRE', key .. s, ttl) end
+  end
+  -- A durable task's retry cache lives exactly as long as the task.
+  if f[2] then redis.call('PEXPIRE', key .. ':cache', ttl) end
 end
 
 -- Steps of a chain and members of a swarm.
