@@ -13,6 +13,7 @@ from redis import exceptions as redis_errors
 from mageflow.config import TTLConfig
 from mageflow.errors import RedisUnavailableError, SignatureNotFoundError
 from mageflow.store import keys as K
+from mageflow.store.batching import ScriptBatcher
 from mageflow.store.keys import KeySchema
 from mageflow.store.records import Action, NewRecord, Record, parse_actions
 from mageflow.store.scripts import SCRIPT_NAMES, script_source
@@ -51,6 +52,8 @@ class Store:
         self._sha = {
             name: hashlib.sha1(script_source(name).encode()).hexdigest() for name in SCRIPT_NAMES
         }
+        self._batcher = ScriptBatcher(client, self.load_scripts)
+        self._ttl_ms = [ttl.milliseconds("active"), ttl.milliseconds("done")]
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -62,19 +65,12 @@ class Store:
             raise RedisUnavailableError(describe(self.redis), exc) from exc
 
     def _ttl_args(self) -> list[str]:
-        return [self.ttl.milliseconds("active"), self.ttl.milliseconds("done")]
+        return self._ttl_ms
 
     async def _run(self, name: str, key_list: list[str], args: list[Any]) -> Any:
         full = [*key_list, *self._ttl_args(), *args]
         async with self._guard():
-            try:
-                return await self._evalsha(name, len(key_list), full)
-            except redis_errors.NoScriptError:
-                await self.load_scripts()
-                return await self._evalsha(name, len(key_list), full)
-
-    async def _evalsha(self, name: str, numkeys: int, full: list[Any]) -> Any:
-        return await self.redis.evalsha(self._sha[name], numkeys, *full)
+            return await self._batcher.call(self._sha[name], len(key_list), full)
 
     async def load_scripts(self) -> None:
         async with self._guard():
