@@ -190,10 +190,19 @@ class Mageflow:
                 keys=self.keys,
                 lease_seconds=self.config.lease_seconds,
                 heartbeat=lambda keys: store.heartbeat(keys, lease_ms),
+                heartbeat_seconds=self._heartbeat_seconds(),
             )
         )
 
     start = ensure_started
+
+    def _heartbeat_seconds(self) -> float:
+        ttl = self.config.ttl
+        shortest = min(
+            [ttl.active_ttl, self.config.lease_seconds]
+            + [k.active_ttl for k in (ttl.task, ttl.chain, ttl.swarm) if k.active_ttl]
+        )
+        return max(shortest / 3, 0.05)
 
     async def close(self) -> None:
         """Wait for in-flight in-process work, then release connections."""

@@ -72,9 +72,9 @@ class CallbackModelError(MageflowError):
         self.callback_task = callback_task
         self.model_name = model_name
         super().__init__(
-            f"success callback {callback_task!r} cannot receive a return value: its model "
-            f"{model_name} has no field annotated with ReturnValue and no field named 'results'. "
-            "Add `Annotated[T, ReturnValue()]` to one field."
+            f"task {callback_task!r} cannot receive a return value (as a success callback or a "
+            f"chain step after another): its model {model_name} has no field annotated with "
+            "ReturnValue and no field named 'results'. Add `Annotated[T, ReturnValue()]` to one."
         )
 
 

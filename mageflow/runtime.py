@@ -32,6 +32,9 @@ from mageflow.tasks import TaskDef, resolve_model
 
 log = logging.getLogger("mageflow")
 
+#: Where a container launched as an error callback carries the error to the tasks inside it.
+ERROR_KEY = "$mageflow_error"
+
 #: Failures that another attempt cannot fix: the message itself is wrong.
 NOT_RETRYABLE: tuple[type[BaseException], ...] = (MessageValidationError, CallbackModelError)
 
@@ -52,16 +55,18 @@ def build_message(
     """The message a task receives: the input, the bound kwargs on top, then the return value or
     the error in the fields the model marks for them."""
     data = {**envelope.input, **kwargs}
+    carried_error = data.pop(ERROR_KEY, None)
+    error = envelope.error if envelope.error is not None else carried_error
     if envelope.has_ret:
         field = return_field(model)
         if field is None:
             assert model is not None
             raise CallbackModelError(task_name, model.__name__)
         data[field] = envelope.ret
-    if envelope.error is not None:
+    if error is not None:
         err_field = error_field(model)
         if err_field:
-            data[err_field] = envelope.error
+            data[err_field] = error
     if model is None:
         return data
     try:
@@ -174,6 +179,8 @@ class Runtime:
             return
         record = await self.store.load(envelope.sig)
         message = {**envelope.input, **record.kwargs()}
+        if envelope.error is not None:  # a container as error callback: its steps get the error
+            message[ERROR_KEY] = envelope.error
         ret = dumps(envelope.ret) if envelope.has_ret else ""
         started = await self.store.start_container(record.key, dumps(message), ret)
         if isinstance(started, str):

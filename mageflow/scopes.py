@@ -56,7 +56,9 @@ async def durable(client: Mageflow, make: Callable[[], Awaitable[S]]) -> S:
     if existing is not None:
         record = await client.store.find(existing)
         if record is not None:
-            return client.handle(record)  # type: ignore[return-value]
+            sig = client.handle(record)
+            sig.replayed = True  # an earlier attempt may have started it already
+            return sig  # type: ignore[return-value]
     sig = await make()
     await client.store.remember(scope.key, sig.key)
     return sig

@@ -63,6 +63,9 @@ class Signature:
         self._record = record
         self.kwargs = BoundKwargs(self, record.kwargs())
         self._launched = False
+        #: Handed back by a durable task's retry cache: starting it again is a no-op once the
+        #: earlier attempt started it.
+        self.replayed = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.key} {self.status.value}>"
@@ -126,6 +129,8 @@ class Signature:
 
     async def aio_run_no_wait(self, msg: Message = None) -> None:
         """Start this signature with ``msg`` (merged with its bound kwargs) and return at once."""
+        if self.replayed and self.status is not SignatureStatus.PENDING:
+            return
         if self._launched or self.status is not SignatureStatus.PENDING:
             raise InvalidTransitionError(self.key, self.status.value, "run")
         envelope = Envelope(sig=self.key, input=message_dict(msg))

@@ -54,6 +54,9 @@ class EngineServices:
     keys: KeySchema
     lease_seconds: float
     heartbeat: Callable[[list[str]], Awaitable[int]]
+    #: How often running tasks should be heartbeated: often enough for both their lease and
+    #: their active TTL.
+    heartbeat_seconds: float = 60.0
 
 
 Runner = Callable[["TaskDef", Envelope, int, Any], Awaitable[RunOutcome]]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from mageflow.engines.base import Engine, Runner, RunOutcome
+from mageflow.engines.base import Engine, EngineServices, Runner, RunOutcome
 from mageflow.envelope import Envelope
 from mageflow.errors import UnknownTaskError
 from mageflow.tasks import TaskDef
@@ -37,7 +38,7 @@ class InProcEngine(Engine):
         self._tasks: dict[str, tuple[TaskDef, Runner]] = {}
         self._slots = asyncio.Semaphore(concurrency)
         self._running: dict[str, asyncio.Task[Any]] = {}
-        self._closing = False
+        self._heartbeat: asyncio.Task[None] | None = None
 
     def register(self, task: TaskDef, runner: Runner) -> None:
         self._tasks[task.name] = (task, runner)
@@ -71,6 +72,20 @@ class InProcEngine(Engine):
                     "task %s attempt %d failed, retrying: %r", task.name, attempt, outcome.error
                 )
 
+    async def start(self, services: EngineServices) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat(services))
+
+    async def _beat(self, services: EngineServices) -> None:
+        """Keep the leases and TTLs of running tasks fresh, however long they run."""
+        while True:
+            await asyncio.sleep(services.heartbeat_seconds)
+            if self._running:
+                try:
+                    await services.heartbeat(list(self._running))
+                except Exception as exc:  # Redis trouble: the next beat tries again
+                    log.warning("heartbeat failed: %r", exc)
+
     async def cancel(self, run_id: str) -> bool:
         run = self._running.get(run_id)
         if run is None or run.done():
@@ -80,8 +95,13 @@ class InProcEngine(Engine):
 
     async def stop(self) -> None:
         """Let running tasks finish (they may dispatch follow-ups, so wait until none are left)."""
-        while self._running:
-            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+        await self.join()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
 
     async def join(self) -> None:
-        await self.stop()
+        while self._running:
+            await asyncio.gather(*list(self._running.values()), return_exceptions=True)

@@ -138,11 +138,12 @@ class Store:
         async with self._guard():
             pipe = self.redis.pipeline(transaction=True)
             for old, new in forward.items():
-                # A moved signature leaves a note, so keys handed out earlier still resolve.
+                # A moved signature leaves a note, so keys handed out earlier still resolve;
+                # the note is short-lived (done TTL) so it never outlives the workflow.
                 pipe.delete(old, K.members(old), K.queue(old), K.finished(old))
                 if new:
                     pipe.hset(old, "moved", new)
-                    pipe.pexpire(old, ttl_ms)
+                    pipe.pexpire(old, int((self.ttl.task.done_ttl or self.ttl.done_ttl) * 1000))
             for rec in records:
                 pipe.delete(rec.key)
                 pipe.hset(rec.key, mapping=_mapping(rec.fields))

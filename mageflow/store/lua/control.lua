@@ -39,7 +39,8 @@ local function reconcile_chain(chain)
       complete(chain, 'done', s[2], '')
     else
       redis.call('HSET', chain, 'cur', cur + 1)
-      act('launch', steps[cur + 2], '', s[2])
+      local k2, outcome, value = chain_launch(chain, steps[cur + 2], '', s[2])
+      if k2 then complete(k2, outcome, value, '') end
     end
   elseif s[1] == 'failed' or s[1] == 'canceled' then
     complete(chain, s[1], s[3] or CANCELED, s[4] or '')

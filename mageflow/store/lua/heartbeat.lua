@@ -5,7 +5,7 @@ local n = 0
 for _, key in ipairs(KEYS) do
   if redis.call('HGET', key, 'st') == 'active' then
     redis.call('HSET', key, 'lease', until_ms)
-    expire(key, 'active')
+    keep_alive(key)
     n = n + 1
   end
 end

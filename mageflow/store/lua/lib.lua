@@ -60,16 +60,53 @@ local function children(key)
   return out
 end
 
--- A signature that will never run (an unfired callback, a step after a failure): its whole
--- subtree gets the done TTL so nothing of the workflow outlives it.
-local function expire_tree(key, depth)
+-- A signature and everything under it (callbacks, steps, members) get one phase's TTL: 'done'
+-- for what will never run (an unfired callback, a step after a failure), 'active' for what is
+-- still waiting its turn.
+local function expire_tree(key, depth, phase)
   if depth > 64 then return end
-  expire(key, 'done')
+  expire(key, phase or 'done')
   local f = redis.call('HMGET', key, 'ok', 'err')
   for i = 1, 2 do
-    for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, depth + 1) end
+    for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, depth + 1, phase) end
   end
-  for _, child in ipairs(children(key)) do expire_tree(child, depth + 1) end
+  for _, child in ipairs(children(key)) do expire_tree(child, depth + 1, phase) end
+end
+
+-- What a container still waits for (its callbacks, later steps, queued members) must not expire
+-- while the workflow makes progress. Refreshing it is O(size), so it is done at most once per
+-- half active TTL of the container.
+local function refresh_waiting(c)
+  local f = redis.call('HMGET', c, 'kind', 'qtouch', 'steps', 'cur', 'ok', 'err')
+  local ttl = TTL.active[f[1]] or TTL.active.task
+  local now = now_ms()
+  if f[2] and now - tonumber(f[2]) < ttl / 2 then return end
+  redis.call('HSET', c, 'qtouch', now)
+  for i = 5, 6 do
+    for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, 0, 'active') end
+  end
+  if f[1] == 'chain' then
+    local steps = decode_list(f[3])
+    for i = tonumber(f[4] or '0') + 2, #steps do expire_tree(steps[i], 0, 'active') end
+  else
+    for _, q in ipairs(redis.call('LRANGE', c .. ':queue', 0, -1)) do expire_tree(q, 0, 'active') end
+  end
+end
+
+-- A signature made progress: refresh it, its callbacks, and every container above it.
+local function keep_alive(key)
+  expire(key, 'active')
+  local f = redis.call('HMGET', key, 'ok', 'err', 'parent')
+  for i = 1, 2 do
+    for _, cb in ipairs(decode_list(f[i])) do expire(cb, 'active') end
+  end
+  local parent, depth = f[3], 0
+  while parent and parent ~= '' and depth < 64 do
+    expire(parent, 'active')
+    refresh_waiting(parent)
+    parent = redis.call('HGET', parent, 'parent')
+    depth = depth + 1
+  end
 end
 
 local function publish_done(key, outcome)
@@ -89,8 +126,8 @@ local function finalize(key, outcome, value, msg)
   for _, cb in ipairs(decode_list(fire)) do
     if outcome == 'done' then act('fire_ok', cb, value, '') else act('fire_err', cb, msg, value) end
   end
-  for _, cb in ipairs(decode_list(skip)) do expire_tree(cb, 0) end
-  for _, cb in ipairs(decode_list(skip2)) do expire_tree(cb, 0) end
+  for _, cb in ipairs(decode_list(skip)) do expire_tree(cb, 0, 'done') end
+  for _, cb in ipairs(decode_list(skip2)) do expire_tree(cb, 0, 'done') end
   if f[3] then publish_done(key, outcome) end
   expire(key, 'done')
 end
@@ -181,20 +218,33 @@ local function swarm_member_done(swarm, member, outcome, value)
   return swarm_settle(swarm, value)
 end
 
+-- Launch a chain's next step, unless it was canceled before its turn: then the chain cannot run
+-- as planned and is canceled too (returned for the cascade).
+local function chain_launch(chain, step, input, ret)
+  local st = redis.call('HGET', step, 'st')
+  if st == 'canceled' or not st then
+    for _, s in ipairs(children(chain)) do
+      if not TERMINAL[redis.call('HGET', s, 'st') or 'canceled'] then expire_tree(s, 0, 'done') end
+    end
+    return chain, 'canceled', CANCELED
+  end
+  expire(step, 'active')
+  act('launch', step, input, ret)
+  return nil
+end
+
 local function chain_step_done(chain, step, outcome, value)
   expire(chain, 'active')
   local steps = decode_list(redis.call('HGET', chain, 'steps'))
   local cur = tonumber(redis.call('HGET', chain, 'cur') or '0')
   if steps[cur + 1] ~= step then return nil end
   if outcome ~= 'done' then
-    for i = cur + 2, #steps do expire_tree(steps[i], 0) end
+    for i = cur + 2, #steps do expire_tree(steps[i], 0, 'done') end
     return chain, outcome, value
   end
   if cur + 2 > #steps then return chain, 'done', value end
   redis.call('HSET', chain, 'cur', cur + 1)
-  expire(steps[cur + 2], 'active')
-  act('launch', steps[cur + 2], '', value)
-  return nil
+  return chain_launch(chain, steps[cur + 2], '', value)
 end
 
 -- The one completion path: finish `key`, then walk up through the containers it completes.

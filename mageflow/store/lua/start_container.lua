@@ -11,8 +11,8 @@ if f[2] == 'chain' then
   if #steps == 0 then
     complete(key, 'done', 'null', ARGV[3])
   else
-    expire(steps[1], 'active')
-    act('launch', steps[1], ARGV[3], ARGV[4])
+    local k2, outcome, value = chain_launch(key, steps[1], ARGV[3], ARGV[4])
+    if k2 then complete(k2, outcome, value, '') end
   end
 else
   redis.call('HSET', key, 'msg', ARGV[3], 'ret', ARGV[4])

@@ -20,12 +20,7 @@ elseif st ~= 'pending' then
 end
 redis.call('HSET', key, 'st', 'active', 'att', attempt, 'lease', now + tonumber(ARGV[4]),
   'ts_s', now, 'env', ARGV[5])
-expire(key, 'active')
--- Its callbacks must outlive the run, however long it takes.
-local cbs = redis.call('HMGET', key, 'ok', 'err')
-for i = 1, 2 do
-  for _, cb in ipairs(decode_list(cbs[i])) do expire(cb, 'active') end
-end
+keep_alive(key)
 local out = redis.call('HGETALL', key)
 table.insert(out, 1, 'run')
 return out
