@@ -93,7 +93,7 @@ class Runtime:
         )
         if isinstance(claim, str):
             log.debug("skip %s (%s): %s", task.name, envelope.sig, claim)
-            return RunOutcome("skipped")
+            return RunOutcome("skipped", reason=claim)
         message: BaseModel | dict[str, Any] = {**envelope.input, **claim.kwargs()}
         scope = enter_run(claim.key, task.durable)
         try:
@@ -103,7 +103,9 @@ class Runtime:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            final = attempt >= task.retries or isinstance(exc, (*NOT_RETRYABLE, NonRetryableError))
+            final = attempt >= task.retries or isinstance(
+                exc, (*NOT_RETRYABLE, NonRetryableError, *self.engine.non_retryable_errors)
+            )
             if not final:
                 return RunOutcome("retry", error=exc)
             err = task_error(exc, claim.key, task.name)

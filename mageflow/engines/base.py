@@ -39,6 +39,9 @@ class RunOutcome:
     status: str
     result: Any = None
     error: BaseException | None = None
+    #: Why a delivery was skipped: the signature's status ('done', 'canceled', 'suspended', ...),
+    #: 'busy' (a live worker holds this attempt) or 'missing'.
+    reason: str = ""
 
     @property
     def retry(self) -> bool:
@@ -68,6 +71,10 @@ class Engine(ABC):
     #: True when tasks may be registered by other processes (workers), so a producer may sign a
     #: task it has not registered itself, as long as some worker published it to the registry.
     remote_workers: bool = False
+
+    #: The engine's own "do not retry" exceptions, which fail a task at once like
+    #: :class:`~mageflow.errors.NonRetryableError`.
+    non_retryable_errors: tuple[type[BaseException], ...] = ()
 
     @abstractmethod
     def register(self, task: TaskDef, runner: Runner) -> Any:

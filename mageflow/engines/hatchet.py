@@ -85,8 +85,9 @@ _inherited_meta: ContextVar[dict[str, Any] | None] = ContextVar(
 class HatchetEnvelope(BaseModel):
     """The input of every mageflow task on Hatchet: a mageflow :class:`Envelope` as a model.
 
-    Every field has a default, so a payload that is not an envelope still reaches the task and is
-    rejected there without retries (a validation error before it would be retried by Hatchet).
+    Every field has a default, so a payload that is not an envelope still reaches the task function,
+    which rejects it with ``NonRetryableException`` (a failed validation before the function would
+    be retried by Hatchet to no use).
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -262,9 +263,8 @@ class HatchetEngine(Engine):
 
     async def _keep_leases(self, services: EngineServices) -> None:
         """Extend the lease of the signatures running here, so no redelivery takes them over."""
-        interval = services.lease_seconds / 3
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(services.heartbeat_seconds)
             if not self._running:
                 continue
             try:
@@ -347,19 +347,23 @@ def _report(task: TaskDef, outcome: RunOutcome) -> dict[str, Any]:
     if outcome.status == "done":
         return hatchet_output(outcome.result)
     if outcome.status == "skipped":
+        if outcome.reason == "busy":
+            # The same attempt is held by a worker whose lease has not run out (Hatchet handed the
+            # run over from a worker it lost): fail this delivery so Hatchet tries again later,
+            # when the lease has expired, instead of recording a run that did nothing.
+            raise RuntimeError(f"signature of task {task.name!r} is held by another worker")
         return {}
     error = outcome.error or RuntimeError(f"task {task.name!r} failed")
     if outcome.status == "retry":
-        if isinstance(error, NonRetryableException):
-            # mageflow does not know Hatchet's exception yet and wants another attempt; raising
-            # it as is would end the run with the signature still active (see the docs).
-            raise RuntimeError(f"{type(error).__name__}: {error}") from error
         raise error
     raise NonRetryableException(f"{type(error).__name__}: {error}") from error
 
 
 def hatchet_output(result: Any) -> dict[str, Any]:
-    """A task result as a Hatchet run output (Hatchet accepts only JSON objects)."""
+    """A task result as a Hatchet run output (Hatchet accepts only JSON objects): a dict or
+    model as is, None as ``{}``, anything else as ``{"result": value}``."""
+    if result is None:
+        return {}
     value = loads(dumps(result))
     return value if isinstance(value, dict) else {"result": value}
 
