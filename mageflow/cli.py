@@ -1,4 +1,4 @@
-"""The ``mageflow`` command: ``demo``, ``show`` and ``version``.
+"""The ``mageflow`` command: ``demo``, ``worker``, ``show`` and ``version``.
 
 A thin layer over the library: each command parses its options and calls into mageflow.
 """
@@ -144,8 +144,32 @@ def show(
     console.print(signature_table(sig, children))
 
 
-# The `worker` command (run registered tasks for a Taskiq/Hatchet engine) goes here; it is
-# being added separately.
+@app.command()
+def worker(
+    target: Annotated[str, typer.Argument(help="module:attribute of a Mageflow client on Taskiq")],
+    workers: Annotated[int, typer.Option("--workers", min=1, help="worker processes")] = 1,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="tasks at once per process")
+    ] = 100,
+    shutdown_timeout: Annotated[
+        float, typer.Option("--shutdown-timeout", help="seconds to drain on SIGTERM")
+    ] = 30.0,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Run worker processes for a Taskiq-based client. SIGTERM drains; a second signal forces.
+
+    (Hatchet users start workers with ``mf.worker(...).start()``, as with Hatchet itself.)
+    """
+    from mageflow.engines.taskiq_worker import run_worker
+
+    code = run_worker(
+        target,
+        workers,
+        concurrency,
+        shutdown_timeout=shutdown_timeout,
+        log_level=log_level,
+    )
+    raise typer.Exit(code)
 
 
 def main() -> None:
