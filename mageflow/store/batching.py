@@ -4,6 +4,10 @@ Many tasks finish at about the same time; each needs one EVALSHA. Sending them o
 round trip and a connection checkout each; sending whatever was queued during one loop turn as a
 single non-transactional pipeline costs one. Every script is atomic on its own, so grouping them
 changes no semantics, and a caller still awaits only its own answer.
+
+One batch is in flight at a time, so answers come back in the order the calls were made: two
+tasks finishing together free their swarm slots in queue order, and the members those slots go to
+are dispatched in that same order.
 """
 
 from __future__ import annotations
@@ -32,25 +36,26 @@ class ScriptBatcher:
         self._client = client
         self._reload = reload
         self._queue: list[_Call] = []
-        self._flushing: set[asyncio.Task[None]] = set()
+        self._flushing: asyncio.Task[None] | None = None
 
     async def call(self, sha: str, numkeys: int, args: list[Any]) -> Any:
         loop = asyncio.get_running_loop()
         call = _Call(sha, numkeys, args, loop.create_future())
         self._queue.append(call)
-        if len(self._queue) == 1:
+        if len(self._queue) == 1 and self._flushing is None:
             loop.call_soon(self._start_flush)
-        elif len(self._queue) >= MAX_BATCH:
-            self._start_flush()
         return await call.future
 
     def _start_flush(self) -> None:
-        if not self._queue:
+        if not self._queue or self._flushing is not None:
             return
-        calls, self._queue = self._queue, []
-        task = asyncio.get_running_loop().create_task(self._flush(calls))
-        self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
+        calls, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        self._flushing = asyncio.get_running_loop().create_task(self._flush(calls))
+        self._flushing.add_done_callback(self._flushed)
+
+    def _flushed(self, _task: asyncio.Task[None]) -> None:
+        self._flushing = None
+        self._start_flush()  # whatever queued up meanwhile goes out as the next batch
 
     async def _flush(self, calls: list[_Call]) -> None:
         try:

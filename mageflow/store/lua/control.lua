@@ -73,16 +73,6 @@ local function resume(key, depth)
   end
 end
 
-local function cancel_tree(key, depth)
-  if depth > 64 then return end
-  local f = redis.call('HMGET', key, 'st', 'kind', 'run')
-  if not f[1] or TERMINAL[f[1]] then return end
-  if f[2] == 'task' and f[1] == 'active' then act('stop', key, f[3] or '', '') end
-  redis.call('HSET', key, 'st', 'canceled')
-  for _, child in ipairs(children(key)) do cancel_tree(child, depth + 1) end
-  finalize(key, 'canceled', CANCELED, '')
-end
-
 local f = redis.call('HMGET', root, 'st', 'kind')
 local st = f[1]
 if not st then return {'error', 'missing', ''} end

@@ -172,19 +172,22 @@ local function swarm_is_complete(c)
   return c.closed and (c.nok + c.nfail + c.ncanc) >= c.total and c.running <= 0
 end
 
--- Too many failures: queued members never start, running ones are told to stop.
+-- Cancel a signature and everything inside it, without telling its parent: running tasks are
+-- told to stop, nothing fires.
+local function cancel_tree(key, depth)
+  if depth > 64 then return end
+  local f = redis.call('HMGET', key, 'st', 'kind', 'run')
+  if not f[1] or TERMINAL[f[1]] then return end
+  if f[2] == 'task' and f[1] == 'active' then act('stop', key, f[3] or '', '') end
+  redis.call('HSET', key, 'st', 'canceled')
+  for _, child in ipairs(children(key)) do cancel_tree(child, depth + 1) end
+  finalize(key, 'canceled', CANCELED, '')
+end
+
+-- Too many failures: queued members never start, running ones (and all inside them) stop.
 local function swarm_abort(swarm)
-  for _, q in ipairs(redis.call('LRANGE', swarm .. ':queue', 0, -1)) do
-    finalize(q, 'canceled', CANCELED, '')
-  end
   redis.call('DEL', swarm .. ':queue')
-  for _, m in ipairs(redis.call('LRANGE', swarm .. ':members', 0, -1)) do
-    local f = redis.call('HMGET', m, 'st', 'run', 'kind')
-    if f[1] and not TERMINAL[f[1]] then
-      if f[3] == 'task' and f[1] == 'active' then act('stop', m, f[2] or '', '') end
-      finalize(m, 'canceled', CANCELED, '')
-    end
-  end
+  for _, m in ipairs(redis.call('LRANGE', swarm .. ':members', 0, -1)) do cancel_tree(m, 1) end
   redis.call('HSET', swarm, 'running', 0)
 end
 
