@@ -209,6 +209,8 @@ class Mageflow:
         if self._store is None:
             return
         await self.engine.stop()
+        if self._runtime is not None:
+            await self._runtime.drain()
         if self._notifier is not None:
             await self._notifier.close()
         if self._owns_redis:

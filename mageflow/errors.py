@@ -81,11 +81,17 @@ class CallbackModelError(MageflowError):
 class InvalidTransitionError(MageflowError):
     """A lifecycle operation is not allowed from the signature's current status."""
 
-    def __init__(self, key: str, status: str, action: str) -> None:
+    def __init__(self, key: str, status: str, action: str, parent_status: str = "") -> None:
         self.key = key
         self.status = status
         self.action = action
-        super().__init__(f"cannot {action} signature {key!r}: its status is {status!r}.")
+        #: Set when the signature is pending but its container (or the task whose callback it
+        #: is) already ended with this status, so it will never run.
+        self.parent_status = parent_status
+        why = f"its status is {status!r}"
+        if parent_status:
+            why += f" and what would start it already ended ({parent_status}), so it never will"
+        super().__init__(f"cannot {action} signature {key!r}: {why}.")
 
 
 class TaskAlreadyRunningError(InvalidTransitionError):

@@ -30,5 +30,7 @@ async def control(client: Mageflow, key: str, action: str) -> None:
             raise SignatureNotFoundError(key)
         if reason == "running":
             raise TaskAlreadyRunningError(record.key)
+        if reason == "orphan":  # pending, but what would have started it already finished
+            raise InvalidTransitionError(record.key, "pending", action, parent_status=status)
         raise InvalidTransitionError(record.key, status, action)
     await client.runtime.carry_out(answer)

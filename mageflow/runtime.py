@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import traceback
+from collections.abc import Coroutine
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -91,6 +92,9 @@ class Runtime:
         claim = await self.store.start_task(
             envelope.sig, attempt, self._lease_ms, envelope.to_json()
         )
+        if isinstance(claim, list):  # finished before, but its follow-ups may not have gone out
+            await self._send(envelope.sig, claim)
+            return RunOutcome("skipped", reason="replayed")
         if isinstance(claim, str):
             log.debug("skip %s (%s): %s", task.name, envelope.sig, claim)
             return RunOutcome("skipped", reason=claim)
@@ -142,35 +146,49 @@ class Runtime:
         if actions is None:
             log.debug("duplicate finish of %s ignored", key)
             return
-        await self.carry_out(actions)
+        await self._send(key, actions)
 
-    async def carry_out(self, actions: list[Action]) -> None:
+    async def _send(self, key: str, actions: list[Action]) -> None:
+        """Carry out a transition's actions, then empty its outbox (see lib.lua keep_actions).
+        Sending again is harmless: every receiver's claim lets one delivery through."""
+        if actions and await self.carry_out(actions):
+            self._background_call(self.store.sent(key))
+
+    async def carry_out(self, actions: list[Action]) -> bool:
+        """Send what a transition asked for; True when every action went out."""
         if len(actions) == 1:
-            await self._do(actions[0])
-        elif actions:
-            await asyncio.gather(*(self._do(a) for a in actions))
+            return await self._do(actions[0])
+        if not actions:
+            return True
+        return all(await asyncio.gather(*(self._do(a) for a in actions)))
 
-    async def _do(self, action: Action) -> None:
+    def _background_call(self, call: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(call)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("outbox clean-up failed: %r", task.exception())
+
+    async def drain(self) -> None:
+        """Wait for background clean-ups (at client close)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def _do(self, action: Action) -> bool:
         try:
             if action.verb == "stop":
                 await self.engine.cancel(action.a or action.key)
-                return
-            if action.verb == "relaunch":
-                await self.launch(action.kind, action.task, Envelope.from_json(action.a))
-                return
-            envelope = Envelope(sig=action.key, input={})
-            if action.verb == "fire_ok":
-                envelope.ret, envelope.has_ret = loads(action.a), True
-            elif action.verb == "fire_err":
-                envelope.input, envelope.error = loads(action.a or "{}") or {}, loads(action.b)
-            else:  # launch
-                envelope.input = loads(action.a) if action.a else {}
-                if action.b:
-                    envelope.ret, envelope.has_ret = loads(action.b), True
-            await self.launch(action.kind, action.task, envelope)
+            else:
+                await self.launch(action.kind, action.task, _envelope(action))
+            return True
         except Exception:
-            # The state change already committed; a failed send must not hide the others.
+            # The state change already committed and stays in the outbox for a redelivery;
+            # a failed send must not hide the others.
             log.exception("could not %s %s", action.verb, action.key)
+            return False
 
     async def launch(self, kind: str, task_name: str, envelope: Envelope) -> None:
         """Start a signature: a task goes to the engine, a container starts its first work."""
@@ -188,4 +206,20 @@ class Runtime:
         if isinstance(started, str):
             log.info("container %s not started: status %s", record.key, started)
             return
-        await self.carry_out(started)
+        await self._send(record.key, started)
+
+
+def _envelope(action: Action) -> Envelope:
+    """The message an action sends (see lib.lua for what ``a`` and ``b`` hold per verb)."""
+    if action.verb == "relaunch":
+        return Envelope.from_json(action.a)
+    envelope = Envelope(sig=action.key, input={})
+    if action.verb == "fire_ok":
+        envelope.ret, envelope.has_ret = loads(action.a), True
+    elif action.verb == "fire_err":
+        envelope.input, envelope.error = loads(action.a or "{}") or {}, loads(action.b)
+    else:  # launch
+        envelope.input = loads(action.a) if action.a else {}
+        if action.b:
+            envelope.ret, envelope.has_ret = loads(action.b), True
+    return envelope

@@ -12,6 +12,7 @@ Layout, with the default namespace ``mageflow``::
     mageflow:sig:{wf}:<id>:finished   set    a swarm's members already counted (dedupe)
     mageflow:sig:{wf}:<id>:cache      list   signatures a durable task created (retry cache)
     mageflow:done:{wf}                pubsub channel announcing finished signatures to waiters
+    mageflow:cancel                   pubsub channel asking workers to stop a running signature
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ class KeySchema:
     def new_signature(self, wf: str | None = None) -> str:
         sig_id = new_id()
         return self.signature(wf or sig_id, sig_id)
+
+    @property
+    def cancel_channel(self) -> str:
+        """Pub/sub channel that carries cancel requests to every worker of the namespace."""
+        return f"{self.namespace}:cancel"
 
     def done_channel(self, key: str) -> str:
         return f"{self.namespace}:done:{{{workflow_of(key)}}}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -67,6 +68,11 @@ class Store:
     def _ttl_args(self) -> list[str]:
         return self._ttl_ms
 
+    def _active_ms(self, kind: str) -> int:
+        """The active TTL (ms) of a new signature of ``kind``."""
+        override = getattr(self.ttl, kind, self.ttl.task).active_ttl
+        return int((override or self.ttl.active_ttl) * 1000)
+
     async def _run(self, name: str, key_list: list[str], args: list[Any]) -> Any:
         full = [*key_list, *self._ttl_args(), *args]
         async with self._guard():
@@ -103,7 +109,6 @@ class Store:
     ) -> list[list[str]]:
         """Several creations (in order: each group's moves, then its records) and kwargs
         updates, all in one MULTI/EXEC. Returns the adopt answers in order."""
-        ttl_ms = int(self.ttl.active_ttl * 1000)
         ttl_args = self._ttl_args()
 
         async def attempt() -> list[list[str]]:
@@ -115,6 +120,7 @@ class Store:
                     is_move.append(True)
                 for rec in records:
                     pipe.hset(rec.key, mapping=_mapping(rec.fields))
+                    ttl_ms = self._active_ms(rec.fields.get("kind", "task"))
                     pipe.pexpire(rec.key, ttl_ms)
                     is_move += [False, False, *self._write_members(pipe, rec, ttl_ms)]
             for key, fields in updates or []:
@@ -134,7 +140,6 @@ class Store:
     async def write_raw(self, records: list[NewRecord], forward: dict[str, str]) -> None:
         """Write whole records; delete the keys in ``forward``, leaving a note that points to
         the new key where one is given (used when moving a subtree under another workflow)."""
-        ttl_ms = int(self.ttl.active_ttl * 1000)
         async with self._guard():
             pipe = self.redis.pipeline(transaction=True)
             for old, new in forward.items():
@@ -147,6 +152,7 @@ class Store:
             for rec in records:
                 pipe.delete(rec.key)
                 pipe.hset(rec.key, mapping=_mapping(rec.fields))
+                ttl_ms = self._active_ms(rec.fields.get("kind", "task"))
                 pipe.pexpire(rec.key, ttl_ms)
                 self._write_members(pipe, rec, ttl_ms)
             await pipe.execute()
@@ -213,10 +219,13 @@ class Store:
 
     async def start_task(
         self, key: str, attempt: int, lease_ms: int, envelope: str
-    ) -> Record | str:
-        """Claim a task for running: the record when it may run, else the reason it may not."""
+    ) -> Record | str | list[Action]:
+        """Claim a task for running: the record when it may run; the actions of its finish when
+        they may not all have been sent (replay them); else the reason it may not run."""
         answer = await self._run("start_task", [key], [attempt, lease_ms, envelope])
         verdict = _s(answer[0])
+        if verdict == "replay":
+            return _outbox(answer[1])
         if verdict != "run":
             return verdict
         return Record(key, _pairs(answer[1:]))
@@ -230,9 +239,15 @@ class Store:
 
     async def start_container(self, key: str, message: str, ret: str) -> list[Action] | str:
         answer = await self._run("start_container", [key], [message, ret])
+        if _s(answer[0]) == "replay":
+            return _outbox(answer[1])
         if _s(answer[0]) != "ok":
             return _s(answer[0])
         return parse_actions([_s(x) for x in answer[1:]])
+
+    async def sent(self, key: str) -> None:
+        """Everything the last transition of ``key`` asked for has been sent."""
+        await self._run("sent", [key], [])
 
     async def swarm_add(
         self, key: str, member_keys: list[str], close: bool
@@ -272,7 +287,7 @@ class Store:
         async with self._guard():
             pipe = self.redis.pipeline(transaction=True)
             pipe.rpush(K.cache(owner), key)
-            pipe.pexpire(K.cache(owner), int(self.ttl.active_ttl * 1000))
+            pipe.pexpire(K.cache(owner), self._active_ms("task"))
             pipe.hset(owner, "cache", "1")  # so the owner's TTL changes carry the cache along
             await pipe.execute()
 
@@ -290,6 +305,10 @@ class Store:
 
 def _pairs_from_map(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {_s(k): _s(v) for k, v in raw.items()}
+
+
+def _outbox(raw: Any) -> list[Action]:
+    return parse_actions([str(x) for x in json.loads(_s(raw))])
 
 
 def _mapping(fields: Mapping[str, str]) -> Any:

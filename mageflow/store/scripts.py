@@ -15,6 +15,7 @@ SCRIPT_NAMES = (
     "update_kwargs",
     "heartbeat",
     "control",
+    "sent",
 )
 
 

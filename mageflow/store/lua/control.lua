@@ -64,6 +64,13 @@ local function resume(key, depth)
   redis.call('HSET', key, 'st', prev)
   redis.call('HDEL', key, 'prev')
   for _, child in ipairs(children(key)) do resume(child, depth + 1) end
+  local parked = redis.call('HMGET', key, 'parked', 'pin', 'pret')
+  if prev == 'pending' and parked[1] then
+    -- Its launch arrived while it was paused: start it now.
+    redis.call('HDEL', key, 'parked', 'pin', 'pret')
+    container_start(key, parked[2] or '', parked[3] or '')
+    return
+  end
   if prev ~= 'active' or redis.call('HGET', key, 'st') ~= 'active' then return end
   if f[2] == 'chain' then
     reconcile_chain(key)
@@ -73,9 +80,18 @@ local function resume(key, depth)
   end
 end
 
-local f = redis.call('HMGET', root, 'st', 'kind')
+local f = redis.call('HMGET', root, 'st', 'kind', 'parent', 'own')
 local st = f[1]
 if not st then return {'error', 'missing', ''} end
+-- A pending signature whose container (or owner) already finished will never run.
+if st == 'pending' then
+  for i = 3, 4 do
+    local up = f[i] and f[i] ~= '' and redis.call('HGET', f[i], 'st')
+    if up and TERMINAL[up] and (i == 3 or action ~= 'cancel') then
+      return {'error', 'orphan', up}
+    end
+  end
+end
 if action == 'resume' then
   if st ~= 'suspended' and st ~= 'interrupted' then return {'error', 'invalid', st} end
   resume(root, 0)

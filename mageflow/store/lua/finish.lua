@@ -5,5 +5,6 @@ local key = KEYS[1]
 local st = redis.call('HGET', key, 'st')
 if st ~= 'active' then return {'skip', st or 'missing'} end
 complete(key, ARGV[3], ARGV[4], ARGV[5])
+keep_actions(key)
 table.insert(actions, 1, 'ok')
 return actions

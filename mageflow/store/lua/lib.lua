@@ -35,6 +35,12 @@ local function act(verb, key, a, b)
   actions[n + 6] = b or ''
 end
 
+-- The outbox: what a transition asked for is kept on the record until the caller confirms it was
+-- sent, so a worker that dies in between leaves it for the redelivered message to send again.
+local function keep_actions(key)
+  if #actions > 0 then redis.call('HSET', key, 'acts', cjson.encode(actions)) end
+end
+
 local function decode_list(raw)
   if not raw or raw == '' or raw == '[]' then return {} end
   return cjson.decode(raw)
@@ -65,6 +71,8 @@ end
 -- still waiting its turn.
 local function expire_tree(key, depth, phase)
   if depth > 64 then return end
+  -- Something still running (a callback fired earlier) sets its own TTL when it finishes.
+  if phase == 'done' and depth > 0 and redis.call('HGET', key, 'st') == 'active' then return end
   expire(key, phase or 'done')
   local f = redis.call('HMGET', key, 'ok', 'err')
   for i = 1, 2 do
@@ -85,11 +93,13 @@ local function refresh_waiting(c)
   for i = 5, 6 do
     for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, 0, 'active') end
   end
-  if f[1] == 'chain' then
-    local steps = decode_list(f[3])
-    for i = tonumber(f[4] or '0') + 2, #steps do expire_tree(steps[i], 0, 'active') end
-  else
-    for _, q in ipairs(redis.call('LRANGE', c .. ':queue', 0, -1)) do expire_tree(q, 0, 'active') end
+  -- Finished children too: the container reads their results when it completes.
+  for _, child in ipairs(children(c)) do
+    if not TERMINAL[redis.call('HGET', child, 'st') or 'done'] then
+      expire_tree(child, 0, 'active')
+    else
+      expire(child, 'active')
+    end
   end
 end
 
@@ -129,7 +139,16 @@ local function finalize(key, outcome, value, msg)
   for _, cb in ipairs(decode_list(skip)) do expire_tree(cb, 0, 'done') end
   for _, cb in ipairs(decode_list(skip2)) do expire_tree(cb, 0, 'done') end
   if f[3] then publish_done(key, outcome) end
-  expire(key, 'done')
+  -- A child's result is read by its container when that completes, so it lives as long as the
+  -- container; a signature with no running parent takes the done TTL for its whole subtree.
+  local parent = redis.call('HGET', key, 'parent')
+  local pst = parent and parent ~= '' and redis.call('HGET', parent, 'st')
+  if pst and not TERMINAL[pst] then
+    expire(key, 'active')
+  else
+    expire(key, 'done')
+    for _, child in ipairs(children(key)) do expire_tree(child, 1, 'done') end
+  end
 end
 
 local function swarm_results(swarm)
@@ -269,5 +288,24 @@ local function complete(key, outcome, value, msg)
       if p[2] == 'swarm' and p[1] and not TERMINAL[p[1]] then swarm_count(parent, key, outcome) end
       return
     end
+  end
+end
+
+-- A chain launches its first step; a swarm fills its slots from the queue.
+local function container_start(key, input, ret)
+  redis.call('HSET', key, 'st', 'active', 'ts_s', now_ms())
+  keep_alive(key)
+  if redis.call('HGET', key, 'kind') == 'chain' then
+    local steps = decode_list(redis.call('HGET', key, 'steps'))
+    if #steps == 0 then
+      complete(key, 'done', 'null', input)
+    else
+      local k2, outcome, value = chain_launch(key, steps[1], input, ret)
+      if k2 then complete(k2, outcome, value, '') end
+    end
+  else
+    redis.call('HSET', key, 'msg', input, 'ret', ret)
+    local k2, outcome, value = swarm_settle(key, '')
+    if k2 then complete(k2, outcome, value, input) end
   end
 end

@@ -16,6 +16,9 @@ if st == 'active' then
 elseif st ~= 'pending' then
   -- Paused: park the message for resume.
   if st == 'suspended' or st == 'interrupted' then redis.call('HSET', key, 'env', ARGV[5]) end
+  -- Finished, but what its finish asked for may not have gone out (the worker died): again.
+  local acts = redis.call('HGET', key, 'acts')
+  if acts then return {'replay', acts} end
   return {st}
 end
 redis.call('HSET', key, 'st', 'active', 'att', attempt, 'lease', now + tonumber(ARGV[4]),

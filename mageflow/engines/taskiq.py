@@ -1,0 +1,432 @@
+"""The Taskiq engine: mageflow tasks run on Taskiq workers, in any number of processes and hosts.
+
+Each mageflow task becomes one taskiq task, registered on the broker under the task's name. Its
+message carries the envelope (which signature to run, with what input) and the attempt number;
+producers send by name, so they need not import the task code.
+
+Delivery rules (the broker may deliver a message more than once; mageflow's claim on the
+signature decides who runs it):
+
+* every mageflow message carries the ``ack_type=manual`` label; the engine acknowledges it once
+  the delivery is settled (the task finished, failed, was sent on for its next attempt, was
+  canceled, or has nothing left to do). A delivery interrupted by a forced shutdown, or that
+  cannot reach Redis, stays unacknowledged, so the broker hands it out again;
+* a delivery that finds its signature running under a live lease elsewhere waits for that
+  holder: if the holder finishes, the message is acknowledged; if the holder's lease runs out (its
+  worker died) this delivery takes the run over. Acknowledging such a duplicate at once would
+  lose the run whenever the holder died later;
+* workers extend the leases of their running tasks every ``lease_seconds / 3`` and listen on a
+  Redis pub/sub channel for cancel requests, so :meth:`TaskiqEngine.cancel` stops a run on
+  whatever process runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from taskiq import AsyncBroker, Context, TaskiqDepends
+from taskiq.kicker import AsyncKicker
+from taskiq.message import TaskiqMessage
+
+from mageflow.engines.base import Engine, EngineServices, Runner, RunOutcome
+from mageflow.engines.taskiq_streams import stream_settings, sweep_streams
+from mageflow.envelope import Envelope
+from mageflow.errors import UnknownTaskError
+from mageflow.status import SignatureStatus
+from mageflow.tasks import TaskDef
+
+if TYPE_CHECKING:
+    from mageflow.engines.taskiq_worker import TaskiqWorker
+
+log = logging.getLogger("mageflow.taskiq")
+
+#: Labels of every message mageflow sends: the engine acknowledges deliveries itself.
+MESSAGE_LABELS: dict[str, Any] = {"ack_type": "manual"}
+#: Pauses between tries of a delivery that cannot reach Redis; after the last it is left to the
+#: broker to deliver again.
+INFRA_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: Statuses that mean "stop this run" when a worker sees them on a task it is running.
+STOPPED = frozenset({SignatureStatus.CANCELED.value, SignatureStatus.INTERRUPTED.value})
+
+#: Default of the ``context`` parameter of the registered functions: taskiq injects its Context.
+TASKIQ_CONTEXT: Any = TaskiqDepends()
+
+Verdict = Literal["ack", "leave"]
+
+
+@dataclass(slots=True)
+class TaskiqTaskContext:
+    """What a task that asks for a context receives on the Taskiq engine."""
+
+    signature_key: str
+    task_name: str
+    attempt: int
+    retries: int
+    taskiq: Context | None = None  # taskiq's own context: the message, broker and state
+
+
+class TaskiqEngine(Engine):
+    """Runs mageflow tasks on the workers of a taskiq ``broker``.
+
+    ``manage_broker``: a producer's client starts the broker with the client and shuts it down
+    with it. Pass False when your application starts and stops the broker itself. (A worker
+    always starts the broker, as a worker, and shuts it down when it stops.)
+    """
+
+    remote_workers = True
+
+    def __init__(self, broker: AsyncBroker, *, manage_broker: bool = True) -> None:
+        self.broker = broker
+        self.manage_broker = manage_broker
+        self.draining = False  # set by the worker at shutdown: waiting deliveries let go
+        self._tasks: dict[str, tuple[TaskDef, Runner]] = {}
+        self._runs: dict[str, set[asyncio.Task[RunOutcome]]] = {}
+        self._deliveries: set[asyncio.Task[Any]] = set()
+        self._services: EngineServices | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._broker_mode: Literal["producer", "worker"] | None = None
+
+    # -- registering and sending ----------------------------------------------------------------
+
+    def register(self, task: TaskDef, runner: Runner) -> Any:
+        if task.options:
+            log.debug("task %s: the Taskiq engine ignores options %s", task.name, task.options)
+        self._tasks[task.name] = (task, runner)
+        return self.broker.register_task(self._handler(task.name), task_name=task.name)
+
+    def _handler(self, name: str) -> Callable[..., Awaitable[None]]:
+        async def deliver(
+            envelope: dict[str, Any], attempt: int = 0, context: Context = TASKIQ_CONTEXT
+        ) -> None:
+            await self.deliver(name, envelope, attempt, context)
+
+        deliver.__qualname__ = deliver.__name__ = f"mageflow:{name}"
+        return deliver
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+    async def dispatch(self, task: TaskDef | str, envelope: Envelope) -> str | None:
+        await self.send(task if isinstance(task, str) else task.name, envelope, 0)
+        return None  # runs are cancelled by signature key
+
+    async def send(self, name: str, envelope: Envelope, attempt: int) -> None:
+        """Kick a message to task ``name`` by name: the sender need not have registered it."""
+        kicker: AsyncKicker[Any, Any] = AsyncKicker(
+            task_name=name, broker=self.broker, labels=dict(MESSAGE_LABELS)
+        )
+        await kicker.kiq(envelope=envelope.to_dict(), attempt=attempt)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def prepare_worker(self) -> None:
+        """Mark this process as a worker (before the broker starts and before the client starts)."""
+        self.broker.is_worker_process = True
+
+    async def start_broker(self) -> None:
+        """Start the broker once, in the mode of this process; a broker started as a producer is
+        restarted as a worker (a worker opens connections a producer does not)."""
+        mode: Literal["producer", "worker"] = (
+            "worker" if self.broker.is_worker_process else "producer"
+        )
+        if self._broker_mode == mode:
+            return
+        await self._shut_broker()
+        await self.broker.startup()
+        self._broker_mode = mode
+
+    async def start(self, services: EngineServices) -> None:
+        self._services = services
+        if self.broker.is_worker_process:
+            await self.start_worker_loops()
+        elif self.manage_broker:
+            await self.start_broker()
+
+    async def start_worker_loops(self) -> None:
+        """Lease heartbeats, the cancel listener and the stream sweeper (once, after start)."""
+        services = self._services
+        if self._loops or services is None:
+            return
+        pubsub = services.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(services.keys.cancel_channel)  # before any task can start
+        loop = asyncio.get_running_loop()
+        self._loops.append(loop.create_task(self._cancel_listener(services, pubsub)))
+        self._loops.append(loop.create_task(self._heartbeats(services)))
+        settings = stream_settings(self.broker)
+        if settings is not None:
+            self._loops.append(loop.create_task(sweep_streams(settings)))
+
+    async def stop(self) -> None:
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops.clear()
+        await self._shut_broker()
+        self._services = None
+
+    async def _shut_broker(self) -> None:
+        if self._broker_mode is None:
+            return
+        self._broker_mode = None
+        try:
+            await asyncio.wait_for(self.broker.shutdown(), 10)
+        except Exception as exc:  # closing anyway; a broker that will not close is not fatal
+            log.warning("the broker did not shut down cleanly: %r", exc)
+
+    def worker(self, client: Any, *args: Any, **kwargs: Any) -> TaskiqWorker:
+        """A worker running ``client``'s tasks in this process: ``await mf.worker().run(stop)``."""
+        from mageflow.engines.taskiq_worker import TaskiqWorker
+
+        return TaskiqWorker(client, *args, **kwargs)
+
+    # -- cancelling -------------------------------------------------------------------------------
+
+    async def cancel(self, run_id: str) -> bool:
+        """Stop the run of signature ``run_id`` here and on every worker listening.
+
+        True when a run was stopped in this process or a worker received the request (a worker
+        that is not running it ignores it).
+        """
+        stopped = self.cancel_local(run_id)
+        services = self._services
+        if services is None:
+            return stopped
+        receivers = await services.redis.publish(services.keys.cancel_channel, run_id)
+        return stopped or int(receivers) > 0
+
+    def cancel_local(self, key: str) -> bool:
+        runs = list(self._runs.get(key, ()))
+        for run in runs:
+            run.cancel()
+        return bool(runs)
+
+    def abort(self) -> int:
+        """Cancel every delivery in flight without acknowledging it (forced shutdown)."""
+        for delivery in self._deliveries:
+            delivery.cancel()
+        return len(self._deliveries)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._deliveries)
+
+    async def _cancel_listener(self, services: EngineServices, pubsub: Any) -> None:
+        channel = services.keys.cancel_channel
+        while True:
+            try:
+                if pubsub is None:
+                    pubsub = services.redis.pubsub(ignore_subscribe_messages=True)
+                    await pubsub.subscribe(channel)
+                msg = await pubsub.get_message(timeout=1.0)
+                if msg and msg.get("type") == "message":
+                    self.cancel_local(_text(msg["data"]))
+            except asyncio.CancelledError:
+                await _close_quietly(pubsub)
+                raise
+            except Exception as exc:  # reconnect; runs meanwhile stop via the status check
+                log.warning("cancel listener lost Redis (%r); reconnecting", exc)
+                await _close_quietly(pubsub)
+                pubsub = None
+                await asyncio.sleep(1.0)
+
+    async def _heartbeats(self, services: EngineServices) -> None:
+        while True:
+            await asyncio.sleep(services.lease_seconds / 3)
+            keys = list(self._runs)
+            if not keys:
+                continue
+            try:
+                await self._stop_stopped(services, keys)
+                await services.heartbeat(keys)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not extend the leases of %d running task(s): %r", len(keys), exc)
+
+    async def _stop_stopped(self, services: EngineServices, keys: list[str]) -> None:
+        """Stop local runs whose signature was canceled or interrupted (in case the pub/sub
+        request was missed)."""
+        pipe = services.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(key, "st")
+        for key, status in zip(keys, await pipe.execute(), strict=True):
+            if status is not None and _text(status) in STOPPED and self.cancel_local(key):
+                log.info("stopped %s: its status is %s", key, _text(status))
+
+    # -- delivering -------------------------------------------------------------------------------
+
+    async def deliver(
+        self, name: str, payload: dict[str, Any], attempt: int, context: Context | None
+    ) -> None:
+        """Handle one message of task ``name``; acknowledge it unless it has to come back."""
+        me = asyncio.current_task()
+        if me is not None:
+            self._deliveries.add(me)
+        try:
+            verdict = await self._settle(name, Envelope.from_dict(payload), attempt, context)
+        finally:
+            if me is not None:
+                self._deliveries.discard(me)
+        if verdict == "ack" and context is not None and context.is_ackable:
+            await context.ack()
+
+    async def _settle(
+        self, name: str, envelope: Envelope, attempt: int, context: Context | None
+    ) -> Verdict:
+        task, runner = self._tasks[name]
+        while True:
+            ctx = TaskiqTaskContext(envelope.sig, name, attempt, task.retries, context)
+            outcome = await self._attempt(task, runner, envelope, attempt, ctx)
+            if outcome == "leave":
+                return "leave"
+            if outcome == "canceled":
+                return "ack"
+            assert isinstance(outcome, RunOutcome)
+            if outcome.retry:
+                log.info(
+                    "%s (%s) attempt %d failed: %r", name, envelope.sig, attempt, outcome.error
+                )
+                if await self._send_retry(name, envelope, attempt + 1):
+                    return "ack"
+                attempt += 1  # the broker refused it: run the next attempt right here
+                continue
+            if outcome.status != "skipped":
+                return "ack"
+            waited = await self._wait_for_holder(envelope.sig, attempt)
+            if waited != "take over":
+                return waited
+
+    async def _attempt(
+        self, task: TaskDef, runner: Runner, envelope: Envelope, attempt: int, ctx: Any
+    ) -> RunOutcome | Literal["canceled", "leave"]:
+        for pause in (*INFRA_BACKOFF, None):
+            try:
+                return await self._run(task, runner, envelope, attempt, ctx)
+            except Exception as exc:  # the runner raises only when Redis fails it
+                if pause is None or self.draining:
+                    log.error(
+                        "giving up on %s (%s) for now (%r): its message stays unacknowledged and "
+                        "the broker delivers it again",
+                        task.name,
+                        envelope.sig,
+                        exc,
+                    )
+                    return "leave"
+                log.warning(
+                    "%s (%s): %r; trying again in %.1f s", task.name, envelope.sig, exc, pause
+                )
+                await asyncio.sleep(pause)
+        return "leave"  # pragma: no cover - the loop always returns
+
+    async def _run(
+        self, task: TaskDef, runner: Runner, envelope: Envelope, attempt: int, ctx: Any
+    ) -> RunOutcome | Literal["canceled"]:
+        """One runner call in its own asyncio task, so a cancel request stops just the run."""
+
+        async def call() -> RunOutcome:
+            return await runner(task, envelope, attempt, ctx)
+
+        key = envelope.sig
+        run = asyncio.get_running_loop().create_task(call(), name=f"mageflow {task.name} {key}")
+        runs = self._runs.setdefault(key, set())
+        runs.add(run)
+        try:
+            return await run
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if run.cancelled() and (me is None or me.cancelling() == 0):
+                log.info("run of %s (%s) canceled on request", task.name, key)
+                return "canceled"
+            raise  # the delivery itself is being cancelled (forced shutdown)
+        finally:
+            runs.discard(run)
+            if not runs and self._runs.get(key) is runs:
+                del self._runs[key]
+
+    async def _send_retry(self, name: str, envelope: Envelope, attempt: int) -> bool:
+        try:
+            await self.send(name, envelope, attempt)
+        except Exception as exc:
+            log.warning("could not send attempt %d of %s (%r); running it here", attempt, name, exc)
+            return False
+        return True
+
+    async def _wait_for_holder(
+        self, key: str, attempt: int
+    ) -> Literal["ack", "leave", "take over"]:
+        """The claim was refused: wait while a live holder runs the signature."""
+        services = self._services
+        if services is None:
+            return "ack"
+        poll = min(max(services.lease_seconds / 3, 0.1), 5.0)
+        announced = False
+        while not self.draining:
+            local = self._runs.get(key)
+            if local:  # another delivery of it runs in this very process
+                await asyncio.wait(set(local), timeout=poll)
+                continue
+            try:
+                status, holder_attempt, lease, now = await _claim_state(services, key)
+            except Exception as exc:
+                log.warning("could not read %s (%r); leaving its message to the broker", key, exc)
+                return "leave"
+            if status != SignatureStatus.ACTIVE.value or holder_attempt > attempt:
+                return "ack"  # finished, stopped, or a later attempt owns it
+            if now >= lease:
+                return "take over"
+            if not announced:
+                log.info("%s is running elsewhere; waiting for its holder", key)
+                announced = True
+            await asyncio.sleep(min(poll, (lease - now) / 1000 + 0.05))
+        return "leave"
+
+    async def reject_unknown(self, message: TaskiqMessage) -> None:
+        """A message for a task this worker does not register: log it loudly and fail its
+        signature (taskiq alone would drop it with a warning and the workflow would hang)."""
+        name = message.task_name
+        log.error(
+            "received a message for task %r, which this worker (%s pid %d) does not register; it "
+            "knows %s. Every worker reading a queue must import every task sent to that queue.",
+            name,
+            socket.gethostname(),
+            os.getpid(),
+            self.names() or "no tasks",
+        )
+        payload = message.kwargs.get("envelope")
+        if not self._tasks or not isinstance(payload, dict) or "sig" not in payload:
+            return
+        error = UnknownTaskError(name, self.names())
+
+        async def unknown(*_: Any) -> Any:
+            raise error
+
+        runner = next(iter(self._tasks.values()))[1]
+        attempt = int(message.kwargs.get("attempt") or 0)
+        await runner(TaskDef(name=name, fn=unknown), Envelope.from_dict(payload), attempt, None)
+
+
+async def _claim_state(services: EngineServices, key: str) -> tuple[str, int, int, int]:
+    """(status, attempt, lease end ms, Redis time ms) of a signature."""
+    pipe = services.redis.pipeline(transaction=False)
+    pipe.hmget(key, ["st", "att", "lease"])
+    pipe.time()
+    fields, (seconds, micros) = await pipe.execute()
+    status, att, lease = (_text(v) if v is not None else "" for v in fields)
+    return status, int(att or 0), int(lease or 0), int(seconds) * 1000 + int(micros) // 1000
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _close_quietly(pubsub: Any) -> None:
+    if pubsub is not None:
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
