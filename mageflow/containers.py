@@ -84,10 +84,10 @@ class SwarmSignature(Signature):
             for _sig, new_key, _p, _o in plan.moves:
                 await self.client.store.update_kwargs(new_key, kwarg_fields(kwargs))
         answer = await self.client.store.swarm_add(self.key, member_keys, close)
-        if answer and isinstance(answer[0], str):
+        if isinstance(answer, tuple):
             await self.client.store.write_raw([], {r.key: "" for r in plan.records})
-            raise _rejection(self.key, [str(a) for a in answer])
-        await self.client.runtime.carry_out(answer)  # type: ignore[arg-type]
+            raise _rejection(self.key, list(answer))
+        await self.client.runtime.carry_out(answer)
         if close:
             self._record.fields["closed"] = "1"
         return [self.client.handle(r) for r in await _records(self.client, member_keys)]

@@ -251,11 +251,15 @@ class Store:
 
     async def swarm_add(
         self, key: str, member_keys: list[str], close: bool
-    ) -> list[Action] | list[str]:
-        answer = await self._run("swarm_add", [key], ["close" if close else "", *member_keys])
-        if _s(answer[0]) != "ok":
-            return [_s(x) for x in answer]
-        return parse_actions([_s(x) for x in answer[1:]])
+    ) -> list[Action] | tuple[str, ...]:
+        """Add members; their launches, or the reason the swarm refused them (e.g. 'closed')."""
+        answer = [
+            _s(x)
+            for x in await self._run("swarm_add", [key], ["close" if close else "", *member_keys])
+        ]
+        if answer[0] != "ok":
+            return tuple(answer)
+        return parse_actions(answer[1:])
 
     async def control(self, key: str, action: str) -> list[Action] | tuple[str, str]:
         """Suspend, interrupt, resume or cancel; (reason, status) when not allowed."""
