@@ -220,8 +220,9 @@ class Store:
     async def start_task(
         self, key: str, attempt: int, lease_ms: int, envelope: str
     ) -> Record | str | list[Action]:
-        """Claim a task for running: the record when it may run; the actions of its finish when
-        they may not all have been sent (replay them); else the reason it may not run."""
+        """Claim a task for running: its kwargs and model (a partial record) when it may run; the
+        actions of its finish when they may not all have been sent (replay them); else the reason
+        it may not run."""
         answer = await self._run("start_task", [key], [attempt, lease_ms, envelope])
         verdict = _s(answer[0])
         if verdict == "replay":

@@ -1,7 +1,7 @@
 -- A worker received a task message. Decide whether to run it, atomically.
 -- KEYS[1] signature. ARGV[3] attempt number, ARGV[4] lease (ms), ARGV[5] the message envelope json
 -- (kept on the signature, so resume can send the same message again).
--- Returns {'run', <hash fields...>} or {<reason>}: 'busy' (a live worker holds it), 'missing', or the
+-- Returns {'run', <kwarg and model fields...>}, {'replay', <outbox json>} or {<reason>}: 'busy' (a live worker holds it), 'missing', or the
 -- status that forbids running (done, failed, canceled, suspended, interrupted).
 local key = KEYS[1]
 local st = redis.call('HGET', key, 'st')
@@ -24,6 +24,14 @@ end
 redis.call('HSET', key, 'st', 'active', 'att', attempt, 'lease', now + tonumber(ARGV[4]),
   'ts_s', now, 'env', ARGV[5])
 keep_alive(key)
-local out = redis.call('HGETALL', key)
-table.insert(out, 1, 'run')
+-- What the run needs: its bound kwargs and any model override (not the whole record).
+local out = {'run'}
+local all = redis.call('HGETALL', key)
+for i = 1, #all, 2 do
+  local name = all[i]
+  if string.sub(name, 1, 2) == 'k:' or name == 'model' then
+    out[#out + 1] = name
+    out[#out + 1] = all[i + 1]
+  end
+end
 return out
