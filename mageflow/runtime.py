@@ -142,7 +142,7 @@ class Runtime:
     # -- completion -----------------------------------------------------------------------------
 
     async def finish(self, key: str, outcome: str, value: str, message: str) -> None:
-        actions = await self.store.finish(key, outcome, value, message)
+        actions = await self.store.finish(key, outcome, value, message, self.engine.redelivers)
         if actions is None:
             log.debug("duplicate finish of %s ignored", key)
             return
@@ -151,7 +151,7 @@ class Runtime:
     async def _send(self, key: str, actions: list[Action]) -> None:
         """Carry out a transition's actions, then empty its outbox (see lib.lua keep_actions).
         Sending again is harmless: every receiver's claim lets one delivery through."""
-        if actions and await self.carry_out(actions):
+        if await self.carry_out(actions) and actions and self.engine.redelivers:
             self._background_call(self.store.sent(key))
 
     async def carry_out(self, actions: list[Action]) -> bool:
@@ -202,7 +202,9 @@ class Runtime:
         if envelope.error is not None:  # a container as error callback: its steps get the error
             message[ERROR_KEY] = envelope.error
         ret = dumps(envelope.ret) if envelope.has_ret else ""
-        started = await self.store.start_container(record.key, dumps(message), ret)
+        started = await self.store.start_container(
+            record.key, dumps(message), ret, self.engine.redelivers
+        )
         if isinstance(started, str):
             log.info("container %s not started: status %s", record.key, started)
             return

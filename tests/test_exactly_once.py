@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from mageflow import Mageflow, MageflowConfig, Signature, SignatureStatus, SwarmConfig
+from mageflow.engines.inproc import InProcEngine
 from mageflow.envelope import Envelope
 from mageflow.tasks import TaskDef
 from tests.conftest import namespace_keys
@@ -216,3 +217,63 @@ async def test_abounded_field_writes_and_starts_nothing_on_error(
     await join(mf)
     assert namespace_keys(sync_redis, namespace) == before
     assert log.runs == {}
+
+
+class CrashBeforeSend(InProcEngine):
+    """Stands for a broker-backed engine whose worker dies after ``finish`` committed but before
+    the next step's message went out: the first send of task ``b`` fails."""
+
+    redelivers = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crashed = False
+
+    async def dispatch(self, task: TaskDef | str, envelope: Envelope) -> str | None:
+        name = task if isinstance(task, str) else task.name
+        if name == "b" and not self.crashed:
+            self.crashed = True
+            raise ConnectionError("the worker died here, after finish committed")
+        return await super().dispatch(task, envelope)
+
+
+@pytest.mark.parametrize("redelivers", [True, False])
+async def test_outbox_lets_a_redelivery_send_what_a_dead_worker_did_not(
+    redis_url: str, config: MageflowConfig, sync_redis: redis.Redis, redelivers: bool
+) -> None:
+    engine = CrashBeforeSend()
+    engine.redelivers = redelivers
+    mf = Mageflow(engine, redis_url, config=config)
+
+    @mf.task(name="a")
+    async def a(msg: dict[str, Any]) -> int:
+        return 1
+
+    @mf.task(name="b")
+    async def b(msg: dict[str, Any]) -> int:
+        return msg["results"] + 1
+
+    try:
+        step_a = await mf.sign("a")
+        chain = await mf.chain([step_a, await mf.sign("b")])
+        await chain.aio_run_no_wait({})
+        await mf.engine.join()
+        assert engine.crashed
+        # The broker hands step a's unacknowledged message to another worker.
+        outcome = await mf.runtime.run(
+            mf.resolve_task("a"), Envelope(sig=step_a.key, input={}), 0, None
+        )
+        await mf.engine.join()
+        if redelivers:
+            assert outcome.reason == "replayed"
+            assert await chain.aresult(timeout=5) == 2
+            await mf.runtime.drain()
+            assert not sync_redis.hexists(step_a.key, "acts")  # outbox emptied once sent
+        else:  # an engine that never redelivers keeps no outbox: nothing to replay
+            assert outcome.reason == "done"
+            assert not sync_redis.hexists(step_a.key, "acts")
+            assert await chain.astatus() is SignatureStatus.ACTIVE
+    finally:
+        await mf.close()
+        for key in sync_redis.scan_iter(f"{config.namespace}:*"):
+            sync_redis.delete(key)

@@ -72,6 +72,12 @@ class Engine(ABC):
     #: task it has not registered itself, as long as some worker published it to the registry.
     remote_workers: bool = False
 
+    #: True when the engine delivers a message again after a worker died mid-task (a broker with
+    #: acknowledgements). Then a transition's follow-ups stay in an outbox on the record until
+    #: they were sent, so the redelivered message can send them. An engine that runs tasks in
+    #: the calling process loses them with the process anyway and skips that bookkeeping.
+    redelivers: bool = True
+
     #: The engine's own "do not retry" exceptions, which fail a task at once like
     #: :class:`~mageflow.errors.NonRetryableError`.
     non_retryable_errors: tuple[type[BaseException], ...] = ()

@@ -34,6 +34,8 @@ class InProcEngine(Engine):
     this engine only loops over attempts and keeps the asyncio tasks so runs can be cancelled.
     """
 
+    redelivers = False  # a task dies with this process; nothing delivers it again
+
     def __init__(self, concurrency: int = 1000) -> None:
         self._tasks: dict[str, tuple[TaskDef, Runner]] = {}
         self._slots = asyncio.Semaphore(concurrency)

@@ -231,15 +231,20 @@ class Store:
             return verdict
         return Record(key, _pairs(answer[1:]))
 
-    async def finish(self, key: str, outcome: str, value: str, message: str) -> list[Action] | None:
-        """Record a task's final outcome; None when it was already finished (a duplicate)."""
-        answer = await self._run("finish", [key], [outcome, value, message])
+    async def finish(
+        self, key: str, outcome: str, value: str, message: str, outbox: bool = True
+    ) -> list[Action] | None:
+        """Record a task's final outcome; None when it was already finished (a duplicate).
+        ``outbox`` keeps the returned actions on the record until :meth:`sent`."""
+        answer = await self._run("finish", [key], [outcome, value, message, "1" if outbox else ""])
         if _s(answer[0]) != "ok":
             return None
         return parse_actions([_s(x) for x in answer[1:]])
 
-    async def start_container(self, key: str, message: str, ret: str) -> list[Action] | str:
-        answer = await self._run("start_container", [key], [message, ret])
+    async def start_container(
+        self, key: str, message: str, ret: str, outbox: bool = True
+    ) -> list[Action] | str:
+        answer = await self._run("start_container", [key], [message, ret, "1" if outbox else ""])
         if _s(answer[0]) == "replay":
             return _outbox(answer[1])
         if _s(answer[0]) != "ok":

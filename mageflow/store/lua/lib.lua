@@ -19,9 +19,13 @@ local TOO_MANY_FAILURES = '{"type":"SwarmFailed","message":"stop_after_n_failure
 local actions = {}
 local SWARM_SUBKEYS = {':members', ':queue', ':finished'}
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local NOW = nil
+local function now_ms()  -- one clock reading per script run is enough
+  if not NOW then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return NOW
 end
 
 local function act(verb, key, a, b)
@@ -81,16 +85,18 @@ local function expire_tree(key, depth, phase)
   for _, child in ipairs(children(key)) do expire_tree(child, depth + 1, phase) end
 end
 
--- What a container still waits for (its callbacks, later steps, queued members) must not expire
--- while the workflow makes progress. Refreshing it is O(size), so it is done at most once per
--- half active TTL of the container.
-local function refresh_waiting(c)
-  local f = redis.call('HMGET', c, 'kind', 'qtouch', 'steps', 'cur', 'ok', 'err')
+-- A container with work in flight is refreshed on every transition below it. What it still
+-- waits for (its callbacks, later steps, queued members) must not expire either, but refreshing
+-- that is O(size), so it runs at most once per quarter of the container's active TTL: those keys
+-- always keep at least three quarters of it. Returns the container's parent.
+local function touch_container(c)
+  expire(c, 'active')
+  local f = redis.call('HMGET', c, 'kind', 'qtouch', 'ok', 'err', 'parent')
   local ttl = TTL.active[f[1]] or TTL.active.task
   local now = now_ms()
-  if f[2] and now - tonumber(f[2]) < ttl / 2 then return end
+  if f[2] and now - tonumber(f[2]) < ttl / 4 then return f[5] end
   redis.call('HSET', c, 'qtouch', now)
-  for i = 5, 6 do
+  for i = 3, 4 do
     for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, 0, 'active') end
   end
   -- Finished children too: the container reads their results when it completes.
@@ -101,6 +107,7 @@ local function refresh_waiting(c)
       expire(child, 'active')
     end
   end
+  return f[5]
 end
 
 -- A signature made progress: refresh it, its callbacks, and every container above it.
@@ -112,9 +119,7 @@ local function keep_alive(key)
   end
   local parent, depth = f[3], 0
   while parent and parent ~= '' and depth < 64 do
-    expire(parent, 'active')
-    refresh_waiting(parent)
-    parent = redis.call('HGET', parent, 'parent')
+    parent = touch_container(parent)
     depth = depth + 1
   end
 end
@@ -213,7 +218,7 @@ end
 -- Count a finished member once. A member still queued held no slot.
 local function swarm_count(swarm, member, outcome)
   if redis.call('SADD', swarm .. ':finished', member) == 0 then return false end
-  expire(swarm, 'active')
+  touch_container(swarm)
   if redis.call('LREM', swarm .. ':queue', 1, member) == 0 then
     redis.call('HINCRBY', swarm, 'running', -1)
   end
@@ -256,7 +261,7 @@ local function chain_launch(chain, step, input, ret)
 end
 
 local function chain_step_done(chain, step, outcome, value)
-  expire(chain, 'active')
+  touch_container(chain)
   local steps = decode_list(redis.call('HGET', chain, 'steps'))
   local cur = tonumber(redis.call('HGET', chain, 'cur') or '0')
   if steps[cur + 1] ~= step then return nil end

@@ -1,5 +1,6 @@
 -- Start a chain or swarm. KEYS[1] container. ARGV[3] input json ('' for none), ARGV[4] return value
--- json ('' for none). A paused container keeps the launch for resume.
+-- json ('' for none), ARGV[5] '1' to keep the launches in the outbox until they are sent. A paused
+-- container keeps the launch for resume.
 local key = KEYS[1]
 local st = redis.call('HGET', key, 'st')
 if not st then return {'missing'} end
@@ -14,6 +15,6 @@ if st ~= 'pending' then
   return {st}
 end
 container_start(key, ARGV[3], ARGV[4])
-keep_actions(key)
+if ARGV[5] == '1' then keep_actions(key) end
 table.insert(actions, 1, 'ok')
 return actions
