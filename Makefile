@@ -26,6 +26,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,taskiq,hatchet,bench]"
 	$(BIN)/python -m bench
 
 clean:

@@ -90,12 +90,13 @@ end
 -- that is O(size), so it runs at most once per quarter of the container's active TTL: those keys
 -- always keep at least three quarters of it. Returns the container's parent.
 local function touch_container(c)
-  expire(c, 'active')
   local f = redis.call('HMGET', c, 'kind', 'qtouch', 'ok', 'err', 'parent')
   local ttl = TTL.active[f[1]] or TTL.active.task
+  redis.call('PEXPIRE', c, ttl)
   local now = now_ms()
   if f[2] and now - tonumber(f[2]) < ttl / 4 then return f[5] end
   redis.call('HSET', c, 'qtouch', now)
+  expire(c, 'active')  -- with its sub-keys
   for i = 3, 4 do
     for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, 0, 'active') end
   end
@@ -133,6 +134,9 @@ end
 local function finalize(key, outcome, value, msg)
   local field = (outcome == 'done') and 'res' or 'error'
   redis.call('HSET', key, 'st', outcome, field, value, 'ts_f', now_ms())
+  -- The message kept for resume is of no use any more; without it most records fit Redis's
+  -- compact hash encoding (a third of the memory).
+  redis.call('HDEL', key, 'env', 'lease')
   if outcome == 'failed' and msg ~= '' then redis.call('HSET', key, 'msg', msg) end
   local f = redis.call('HMGET', key, 'ok', 'err', 'w')
   local fire, skip, skip2 = f[1], f[2], nil
@@ -219,7 +223,9 @@ end
 local function swarm_count(swarm, member, outcome)
   if redis.call('SADD', swarm .. ':finished', member) == 0 then return false end
   touch_container(swarm)
-  if redis.call('LREM', swarm .. ':queue', 1, member) == 0 then
+  -- Only a member canceled while it waited can still be queued (it held no slot); looking for
+  -- it is O(queue), so only that case looks.
+  if outcome ~= 'canceled' or redis.call('LREM', swarm .. ':queue', 1, member) == 0 then
     redis.call('HINCRBY', swarm, 'running', -1)
   end
   local field = 'nfail'

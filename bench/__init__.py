@@ -1,0 +1,1 @@
+"""mageflow's benchmark suite: ``python -m bench`` (see docs/benchmarks.md for the method)."""

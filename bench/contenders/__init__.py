@@ -1,0 +1,1 @@
+"""The systems the bench compares, each behind the same small interface (see base.py)."""
