@@ -36,7 +36,7 @@ from taskiq.kicker import AsyncKicker
 from taskiq.message import TaskiqMessage
 
 from mageflow.engines.base import Engine, EngineServices, Runner, RunOutcome
-from mageflow.engines.taskiq_streams import stream_settings, sweep_streams
+from mageflow.engines.taskiq_streams import share_stream_client, stream_settings, sweep_streams
 from mageflow.envelope import Envelope
 from mageflow.errors import UnknownTaskError
 from mageflow.status import SignatureStatus
@@ -84,6 +84,7 @@ class TaskiqEngine(Engine):
 
     def __init__(self, broker: AsyncBroker, *, manage_broker: bool = True) -> None:
         self.broker = broker
+        share_stream_client(broker)
         self.manage_broker = manage_broker
         self.draining = False  # set by the worker at shutdown: waiting deliveries let go
         self._tasks: dict[str, tuple[TaskDef, Runner]] = {}

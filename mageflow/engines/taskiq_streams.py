@@ -176,3 +176,37 @@ def _stream_warnings(s: StreamSettings, concurrency: int) -> list[str]:
             f"max_connection_pool_size={concurrency + 10} or more."
         )
     return out
+
+
+def share_stream_client(broker: AsyncBroker) -> None:
+    """Make a RedisStreamBroker send (XADD) and acknowledge (XACK) through one long-lived client.
+
+    taskiq-redis builds a new ``Redis(connection_pool=...)`` for every kick and every ack; in
+    redis-py 8 that constructor is costly (it rebuilds the response-callback table), and on a
+    mageflow worker, which kicks each next step and acks each delivery, it was about a fifth of
+    the worker's CPU (see docs/benchmarks.md). The commands sent are exactly the broker's own;
+    only the client object is reused. Brokers of other kinds are left alone.
+    """
+    if type(broker).__name__ != "RedisStreamBroker" or getattr(broker, "_mageflow_shared", False):
+        return
+    stream: Any = broker
+    client = Redis(connection_pool=stream.connection_pool)
+
+    async def kick(message: Any) -> None:
+        queue_name = message.labels.get("queue_name") or stream.queue_name
+        await client.xadd(
+            queue_name,
+            {b"data": message.message},
+            maxlen=stream.maxlen,
+            approximate=stream.approximate,
+        )
+
+    def ack_generator(id: str, queue_name: str) -> Any:
+        async def ack() -> None:
+            await client.xack(queue_name, stream.consumer_group_name, id)
+
+        return ack
+
+    stream.kick = kick
+    stream._ack_generator = ack_generator
+    stream._mageflow_shared = True
