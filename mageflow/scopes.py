@@ -41,10 +41,6 @@ def exit_run(token: Any) -> None:
     _run.reset(token)
 
 
-def current_run() -> RunScope | None:
-    return _run.get()
-
-
 async def durable(client: Mageflow, make: Callable[[], Awaitable[S]]) -> S:
     """Create a signature through ``make``, or inside a retried durable task reuse the one the
     earlier attempt created at the same position."""

@@ -208,7 +208,3 @@ class Signature:
 
 class TaskSignature(Signature):
     kind = "task"
-
-
-def envelope_for(sig: Signature, msg: Message) -> Envelope:
-    return Envelope(sig=sig.key, input=message_dict(msg))

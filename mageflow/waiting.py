@@ -29,7 +29,7 @@ class Notifier:
     async def _ensure_listener(self) -> None:
         if self._listener is None:
             self._pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
-            await self._pubsub.psubscribe(f"{self.store.keys.namespace}:done:*")
+            await self._pubsub.psubscribe(self.store.keys.done_pattern)
             self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def _listen(self) -> None:

@@ -111,8 +111,3 @@ class Engine(ABC):
         raise ConfigurationError(
             f"{type(self).__name__} runs tasks in the calling process and has no workers"
         )
-
-    def context_for(self, envelope: Envelope, attempt: int) -> Any:
-        """The context object handed to tasks that ask for one (engines with their own context
-        pass it to the runner instead)."""
-        return None

@@ -55,15 +55,11 @@ class KeySchema:
         """Pub/sub channel that carries cancel requests to every worker of the namespace."""
         return f"{self.namespace}:cancel"
 
-    def done_channel(self, key: str) -> str:
-        return f"{self.namespace}:done:{{{workflow_of(key)}}}"
-
     @property
-    def sig_prefix(self) -> str:
-        return f"{self.namespace}:sig:"
-
-    def owns(self, key: str) -> bool:
-        return key.startswith(self.sig_prefix) and "{" in key
+    def done_pattern(self) -> str:
+        """Pattern matching every workflow's ``done`` channel (lib.lua publishes on
+        ``<namespace>:done:{<wf>}``)."""
+        return f"{self.namespace}:done:*"
 
 
 def members(sig_key: str) -> str:

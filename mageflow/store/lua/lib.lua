@@ -130,7 +130,8 @@ local function publish_done(key, outcome)
   if ns then redis.call('PUBLISH', ns .. ':done:{' .. wf .. '}', key .. ' ' .. outcome) end
 end
 
--- Record a terminal outcome on one signature and queue its callbacks.
+-- Record a terminal outcome on one signature and queue its callbacks. Returns its parent's key
+-- and {status, kind} (nil when it has none), read once here for complete().
 local function finalize(key, outcome, value, msg)
   local field = (outcome == 'done') and 'res' or 'error'
   redis.call('HSET', key, 'st', outcome, field, value, 'ts_f', now_ms())
@@ -151,13 +152,15 @@ local function finalize(key, outcome, value, msg)
   -- A child's result is read by its container when that completes, so it lives as long as the
   -- container; a signature with no running parent takes the done TTL for its whole subtree.
   local parent = redis.call('HGET', key, 'parent')
-  local pst = parent and parent ~= '' and redis.call('HGET', parent, 'st')
-  if pst and not TERMINAL[pst] then
+  local p = nil
+  if parent and parent ~= '' then p = redis.call('HMGET', parent, 'st', 'kind') end
+  if p and p[1] and not TERMINAL[p[1]] then
     expire(key, 'active')
   else
     expire(key, 'done')
     for _, child in ipairs(children(key)) do expire_tree(child, 1, 'done') end
   end
+  return parent, p
 end
 
 local function swarm_results(swarm)
@@ -283,10 +286,8 @@ end
 -- The one completion path: finish `key`, then walk up through the containers it completes.
 local function complete(key, outcome, value, msg)
   while key do
-    finalize(key, outcome, value, msg)
-    local parent = redis.call('HGET', key, 'parent')
-    if not parent or parent == '' then return end
-    local p = redis.call('HMGET', parent, 'st', 'kind')
+    local parent, p = finalize(key, outcome, value, msg)
+    if not p then return end
     if p[1] == 'active' then
       if p[2] == 'chain' then
         key, outcome, value = chain_step_done(parent, key, outcome, value)
