@@ -25,12 +25,12 @@ async def control(client: Mageflow, key: str, action: str) -> None:
     record = await client.store.load(key)  # follows forwarding notes to the current key
     answer = await client.store.control(record.key, action)
     if isinstance(answer, tuple):
-        reason, status = answer
+        reason, status = answer[0], answer[1]
         if reason == "missing":
             raise SignatureNotFoundError(key)
         if reason == "running":
             raise TaskAlreadyRunningError(record.key)
         if reason == "orphan":  # pending, but what would have started it already finished
-            raise InvalidTransitionError(record.key, "pending", action, parent_status=status)
+            raise InvalidTransitionError(record.key, answer[2], action, parent_status=status)
         raise InvalidTransitionError(record.key, status, action)
     await client.runtime.carry_out(answer)

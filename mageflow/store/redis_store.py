@@ -267,11 +267,11 @@ class Store:
             return tuple(answer)
         return parse_actions(answer[1:])
 
-    async def control(self, key: str, action: str) -> list[Action] | tuple[str, str]:
-        """Suspend, interrupt, resume or cancel; (reason, status) when not allowed."""
+    async def control(self, key: str, action: str) -> list[Action] | tuple[str, ...]:
+        """Suspend, interrupt, resume or cancel; (reason, status[, own status]) when not allowed."""
         answer = [_s(x) for x in await self._run("control", [key], [action])]
         if answer[0] != "ok":
-            return answer[1], answer[2]
+            return tuple(answer[1:])
         return parse_actions(answer[1:])
 
     async def swarm_close(self, key: str) -> list[Action] | None:

@@ -83,13 +83,24 @@ end
 local f = redis.call('HMGET', root, 'st', 'kind', 'parent', 'own')
 local st = f[1]
 if not st then return {'error', 'missing', ''} end
--- A pending signature whose container (or owner) already finished will never run.
-if st == 'pending' then
-  for i = 3, 4 do
-    local up = f[i] and f[i] ~= '' and redis.call('HGET', f[i], 'st')
-    if up and TERMINAL[up] and (i == 3 or action ~= 'cancel') then
-      return {'error', 'orphan', up}
+-- A signature that has not run, under a container (at any depth) or an owner that already
+-- finished, will never run: controlling it would only bring its keys back to life.
+if st == 'pending' or st == 'suspended' or st == 'interrupted' then
+  local owner = f[4] and f[4] ~= '' and redis.call('HGET', f[4], 'st')
+  if owner and TERMINAL[owner] and action ~= 'cancel' then return {'error', 'orphan', owner, st} end
+  local up, depth = f[3], 0
+  while up and up ~= '' and depth < 64 do
+    local u = redis.call('HMGET', up, 'st', 'parent')
+    if u[1] and TERMINAL[u[1]] then
+      if action ~= 'resume' then return {'error', 'orphan', u[1], st} end
+      -- Resuming it only takes it out of its paused status: nothing is sent, and its keys keep
+      -- the done TTL they got when the container above ended.
+      resume(root, 0)
+      actions = {}
+      expire_tree(root, 0, 'done')
+      return {'ok'}
     end
+    up, depth = u[2], depth + 1
   end
 end
 if action == 'resume' then
