@@ -22,6 +22,7 @@ from mageflow.containers import ChainSignature, SwarmSignature, is_failed_result
 from mageflow.errors import (
     CallbackModelError,
     ConfigurationError,
+    DispatchError,
     EmbeddedRedisError,
     InvalidTransitionError,
     MageflowError,
@@ -49,6 +50,7 @@ __all__ = [
     "ChainSignature",
     "ConfigurationError",
     "ContextMessage",
+    "DispatchError",
     "EmbeddedRedisError",
     "ErrorValue",
     "InvalidTransitionError",

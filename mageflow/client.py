@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
+import logging
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, overload
@@ -17,8 +20,10 @@ from mageflow.containers import ChainSignature, SwarmSignature, create_chain, cr
 from mageflow.engines import Engine, resolve_engine
 from mageflow.engines.base import EngineServices
 from mageflow.errors import ConfigurationError, UnknownTaskError
+from mageflow.recovery import Keeper
 from mageflow.runtime import Runtime
 from mageflow.scopes import Batch, abounded_field, durable
+from mageflow.sender import Sender
 from mageflow.signature import Signature, TaskSignature
 from mageflow.store.connect import resolve_redis
 from mageflow.store.keys import KeySchema
@@ -26,6 +31,8 @@ from mageflow.store.records import Record
 from mageflow.store.redis_store import Store
 from mageflow.tasks import MageflowTask, TaskDef, TaskFunction, infer_validator, wants_context
 from mageflow.waiting import Notifier
+
+log = logging.getLogger("mageflow")
 
 _current: Mageflow | None = None
 
@@ -65,7 +72,10 @@ class Mageflow:
         self._remote_meta: dict[str, dict[str, Any]] = {}
         self._store: Store | None = None
         self._runtime: Runtime | None = None
+        self._sender: Sender | None = None
+        self._keeper: Keeper | None = None
         self._notifier: Notifier | None = None
+        self._exit_hook = False
         self._owns_redis = False
         self._start_lock: asyncio.Lock | None = None
         _current = self
@@ -179,20 +189,32 @@ class Mageflow:
         store = Store(client, self.keys, self.config.ttl)
         await store.ping()
         await store.register_tasks({n: t.meta_json() for n, t in self._tasks.items()})
-        self._runtime = Runtime(store, self.engine, self.config)
+        sender = Sender(store, self.engine)
+        self._sender = sender
+        self._runtime = Runtime(store, self.engine, sender, self.config)
         self._notifier = Notifier(store)
         self._store = store
         await self.refresh_registry()
-        lease_ms = int(self.config.lease_seconds * 1000)
         await self.engine.start(
             EngineServices(
                 redis=store.redis,
                 keys=self.keys,
                 lease_seconds=self.config.lease_seconds,
-                heartbeat=lambda keys: store.heartbeat(keys, lease_ms),
-                heartbeat_seconds=self._heartbeat_seconds(),
+                claim_state=store.claim_state,
             )
         )
+        self._keeper = Keeper(
+            store,
+            self.engine,
+            sender,
+            lease_seconds=self.config.lease_seconds,
+            period=self._heartbeat_seconds(),
+            grace_seconds=self.config.lease_seconds,
+        )
+        await self._keeper.start()
+        if not self._exit_hook and self.engine.runs_in_process:
+            atexit.register(self._finish_at_exit)
+            self._exit_hook = True
 
     start = ensure_started
 
@@ -209,13 +231,52 @@ class Mageflow:
         if self._store is None:
             return
         await self.engine.stop()
-        if self._runtime is not None:
-            await self._runtime.drain()
+        if self._keeper is not None:
+            await self._keeper.stop()
+        if self._sender is not None:
+            await self._sender.close()
         if self._notifier is not None:
             await self._notifier.close()
         if self._owns_redis:
             await self._store.redis.aclose()
-        self._store = self._runtime = self._notifier = None
+        self._store = self._runtime = self._notifier = self._sender = self._keeper = None
+
+    def _finish_at_exit(self) -> None:
+        """At interpreter exit, finish the in-process work the ended event loop cut off (a
+        script that returns without ``close()``), so its callbacks still run. Skipped after
+        Ctrl-C: then the next start of the app recovers it instead."""
+        limit = self.config.finish_at_exit_seconds
+        if self._store is None or not limit or getattr(sys, "last_type", None) is KeyboardInterrupt:
+            return
+        left = self.engine.leftovers()
+        owed = list(self._sender.unsent.values()) if self._sender else []
+        if not left and not owed:
+            return
+        try:
+            asyncio.run(asyncio.wait_for(self._finish_left_work(left, owed), limit))
+        except Exception as exc:  # the outbox still holds it: the next start recovers it
+            log.warning("could not finish the work left at exit (%r); the next start will", exc)
+
+    async def _finish_left_work(self, left: list[Any], owed: list[Any]) -> None:
+        old = self._store
+        assert old is not None
+        # The old connections belong to the event loop that ended: connect again.
+        pool = old.redis.connection_pool
+        self._redis_arg = aioredis.Redis(
+            connection_pool=type(pool)(
+                connection_class=pool.connection_class, **pool.connection_kwargs
+            )
+        )
+        self._store = self._runtime = self._notifier = self._sender = self._keeper = None
+        self.engine.reset()
+        await self.ensure_started()
+        self._owns_redis = True
+        await self.store.release([envelope.sig for _name, envelope in left])
+        for name, envelope in left:
+            await self.engine.dispatch(name, envelope)
+        await self.sender.send(owed)
+        await self.engine.join()
+        await self.close()
 
     async def __aenter__(self) -> Mageflow:
         await self.ensure_started()
@@ -235,6 +296,12 @@ class Mageflow:
         if self._runtime is None:
             raise ConfigurationError("the client is not started: await mf.start() first")
         return self._runtime
+
+    @property
+    def sender(self) -> Sender:
+        if self._sender is None:
+            raise ConfigurationError("the client is not started: await mf.start() first")
+        return self._sender
 
     @property
     def notifier(self) -> Notifier:

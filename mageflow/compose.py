@@ -23,6 +23,7 @@ from mageflow.errors import (
 from mageflow.scopes import current_batch
 from mageflow.store import keys as K
 from mageflow.store.records import NewRecord, Record, kwarg_fields
+from mageflow.store.schema import Answer, Field, Kind, SignatureStatus, Verdict, plan_fields
 from mageflow.tasks import remember_model
 
 if TYPE_CHECKING:
@@ -30,35 +31,21 @@ if TYPE_CHECKING:
     from mageflow.signature import Signature
 
 
-def new_fields(kind: str, task_name: str, kwargs: dict[str, Any], **extra: str) -> dict[str, str]:
-    fields = {
-        "kind": kind,
-        "task": task_name,
-        "st": "pending",
-        "ts_c": str(int(time.time() * 1000)),
+def new_fields(
+    kind: str, task_name: str, kwargs: dict[str, Any], *extra: dict[Field, str]
+) -> dict[str, str]:
+    """A new pending record's fields; empty values in ``extra`` are not stored."""
+    fields: dict[str, str] = {
+        Field.KIND: kind,
+        Field.STATUS: SignatureStatus.PENDING,
+        Field.CREATED: str(int(time.time() * 1000)),
     }
+    if task_name:
+        fields[Field.TASK] = task_name
     fields.update(kwarg_fields(kwargs))
-    fields.update({k: v for k, v in extra.items() if v})
+    for group in extra:
+        fields.update({k: v for k, v in group.items() if v})
     return fields
-
-
-#: Fields that describe a run rather than the plan; a copy starts without them.
-RUN_STATE_FIELDS = (
-    "res",
-    "error",
-    "att",
-    "lease",
-    "ts_s",
-    "ts_f",
-    "parked",
-    "run",
-    "cur",
-    "running",
-    "nok",
-    "nfail",
-    "msg",
-    "ret",
-)
 
 
 class Plan:
@@ -81,7 +68,12 @@ class Plan:
         definition = self.client.resolve_task(ref)
         key = self.client.keys.signature(self.wf, K.new_id())
         self.records.append(
-            NewRecord(key, new_fields("task", definition.name, {}, parent=parent, own=owner))
+            NewRecord(
+                key,
+                new_fields(
+                    Kind.TASK, definition.name, {}, {Field.PARENT: parent, Field.OWNER: owner}
+                ),
+            )
         )
         return key
 
@@ -101,24 +93,25 @@ class Plan:
             raise
 
     async def settle(
-        self, sig: Signature, new_key: str, parent: str, owner: str, answer: list[str]
+        self, sig: Signature, new_key: str, parent: str, owner: str, answer: Answer
     ) -> None:
-        verdict = answer[0]
-        if verdict == "ok":
+        verdict = answer.verdict
+        if verdict is Verdict.OK:
             sig.key = new_key
-        elif verdict == "moved":
+        elif verdict is Verdict.MOVED:
             # Someone moved it first: our handle was stale. Try again from where it is now.
-            sig.key = answer[1]
+            sig.key = answer.detail[0]
             again = await self.client.store.create([], [(sig.key, new_key, parent, owner)])
             await self.settle(sig, new_key, parent, owner, again[0])
-        elif verdict in ("tree", "owned"):
-            await copy_tree(self.client, sig.key, new_key, parent, owner, move=verdict == "tree")
-            if verdict == "tree":
+        elif verdict in (Verdict.TREE, Verdict.OWNED):
+            tree = verdict is Verdict.TREE
+            await copy_tree(self.client, sig.key, new_key, parent, owner, move=tree)
+            if tree:
                 sig.key = new_key
-        elif verdict == "missing":
+        elif verdict is Verdict.MISSING:
             raise SignatureNotFoundError(sig.key)
         else:
-            raise InvalidTransitionError(sig.key, answer[1], "attach")
+            raise InvalidTransitionError(sig.key, answer.detail[0], "attach")
 
 
 async def copy_tree(
@@ -140,8 +133,9 @@ async def copy_tree(
             if rec is None:
                 raise SignatureNotFoundError(key)
             records[key] = rec
-            children = rec.key_list("ok") + rec.key_list("err") + rec.key_list("steps")
-            if rec.kind == "swarm":
+            children = rec.key_list(Field.SUCCESS) + rec.key_list(Field.ERRORS)
+            children += rec.key_list(Field.STEPS)
+            if rec.kind == Kind.SWARM:
                 members[key] = await client.store.member_keys(key)
                 children += members[key]
             for child in children:
@@ -155,26 +149,24 @@ async def copy_tree(
     for old, rec in records.items():
         fields = _rewrite(rec, mapping, fresh=not move)
         if old == old_root:
-            fields["parent"], fields["own"] = parent, owner
+            fields[Field.PARENT], fields[Field.OWNER] = parent, owner
         out.append(NewRecord(mapping[old], fields, [mapping[m] for m in members.get(old, [])]))
     await client.store.write_raw(out, {old: mapping[old] for old in records} if move else {})
 
 
 def _rewrite(rec: Record, mapping: dict[str, str], *, fresh: bool) -> dict[str, str]:
-    """A record's fields with every key it names mapped to its new place."""
-    fields = dict(rec.fields)
-    for name in ("ok", "err", "steps"):
+    """A record's fields with every key it names mapped to its new place; a fresh copy keeps
+    only the plan (schema.plan_fields) and starts pending."""
+    fields = plan_fields(rec.fields) if fresh else dict(rec.fields)
+    for name in (Field.SUCCESS, Field.ERRORS, Field.STEPS):
         if name in fields:
             fields[name] = json.dumps([mapping[k] for k in rec.key_list(name)])
-    fields["parent"] = mapping.get(fields.get("parent", ""), "")
-    fields["own"] = mapping.get(fields.get("own", ""), "")
-    fields.pop("w", None)
-    if fresh:  # a copy is a new, not yet run signature
-        for name in RUN_STATE_FIELDS:
-            fields.pop(name, None)
-        fields["st"] = "pending"
-        if fields.get("kind") == "chain":
-            fields["cur"] = "0"
+    fields[Field.PARENT] = mapping.get(fields.get(Field.PARENT, ""), "")
+    fields[Field.OWNER] = mapping.get(fields.get(Field.OWNER, ""), "")
+    fields.pop(Field.WAITED, None)
+    if fresh:
+        fields[Field.STATUS] = SignatureStatus.PENDING
+        fields[Field.CREATED] = str(int(time.time() * 1000))
     return fields
 
 
@@ -197,9 +189,15 @@ async def sign(
     plan = Plan(client, K.workflow_of(key))
     ok = [plan.child(cb, "", key) for cb in success_callbacks or []]
     err = [plan.child(cb, "", key) for cb in error_callbacks or []]
-    extra = {"model": remember_model(model_validators)} if model_validators else {}
     fields = new_fields(
-        "task", definition.name, kwargs, ok=json.dumps(ok), err=json.dumps(err), **extra
+        Kind.TASK,
+        definition.name,
+        kwargs,
+        {
+            Field.SUCCESS: json.dumps(ok) if ok else "",
+            Field.ERRORS: json.dumps(err) if err else "",
+            Field.MODEL: remember_model(model_validators) if model_validators else "",
+        },
     )
     plan.records.insert(0, NewRecord(key, fields))
     await plan.commit()
@@ -212,7 +210,7 @@ def check_callbacks(client: Mageflow, callbacks: Sequence[Any]) -> None:
 
     for cb in callbacks:
         if isinstance(cb, Signature):
-            if cb.kind != "task" or cb._record.get("model"):
+            if cb.kind != Kind.TASK or cb._record.get(Field.MODEL):
                 continue
             name = cb.task_name
         else:

@@ -63,5 +63,11 @@ class MageflowConfig(BaseModel):
     data_dir: str | None = (
         None  # embedded Redis data folder; default $MAGEFLOW_DATA_DIR or .mageflow
     )
-    lease_seconds: float = Field(default=300.0, gt=0)  # a running task not heard from this long
-    # may be taken over by a redelivery of its message
+    #: A running task whose process has not renewed its lease for this long is taken over by
+    #: another delivery; a queued message that no receiver claimed for this long is sent again.
+    #: Heartbeats renew leases every third of it.
+    lease_seconds: float = Field(default=30.0, gt=0)
+    #: In-process engine: at interpreter exit, how long the client may spend finishing the work
+    #: the ended event loop cut off (callbacks of a script that returned without close()). What
+    #: is not done by then is finished by the next start. 0 leaves it all to the next start.
+    finish_at_exit_seconds: float = Field(default=30.0, ge=0)

@@ -16,19 +16,18 @@ from mageflow.config import SwarmConfig
 from mageflow.errors import (
     ConfigurationError,
     InvalidTransitionError,
+    SignatureNotFoundError,
     SwarmClosedError,
     SwarmFullError,
 )
 from mageflow.models.message import TaskError
 from mageflow.signature import Message, Signature, message_dict
-from mageflow.status import SignatureStatus
 from mageflow.store import keys as K
 from mageflow.store.records import NewRecord, Record, kwarg_fields, loads
+from mageflow.store.schema import FAILED_MARK, Answer, Field, Kind, SignatureStatus, Verdict
 
 if TYPE_CHECKING:
     from mageflow.client import Mageflow
-
-FAILED_MARK = "$mageflow_failed"
 
 
 def is_failed_result(value: Any) -> bool:
@@ -56,14 +55,14 @@ class SwarmSignature(Signature):
     def config(self) -> SwarmConfig:
         r = self._record
         return SwarmConfig(
-            max_concurrency=int(r.get("maxc", "30")),
-            stop_after_n_failures=int(r.get("limit")) if r.get("limit") else None,
-            max_task_allowed=int(r.get("maxtasks")) if r.get("maxtasks") else None,
+            max_concurrency=int(r.get(Field.MAX_CONCURRENCY, "30")),
+            stop_after_n_failures=int(r.get(Field.FAIL_LIMIT)) if r.get(Field.FAIL_LIMIT) else None,
+            max_task_allowed=int(r.get(Field.MAX_TASKS)) if r.get(Field.MAX_TASKS) else None,
         )
 
     @property
     def is_swarm_closed(self) -> bool:
-        return self._record.get("closed") == "1"
+        return self._record.get(Field.CLOSED) == "1"
 
     async def tasks(self) -> list[str]:
         """Keys of the members, in the order they were added."""
@@ -84,12 +83,14 @@ class SwarmSignature(Signature):
             for _sig, new_key, _p, _o in plan.moves:
                 await self.client.store.update_kwargs(new_key, kwarg_fields(kwargs))
         answer = await self.client.store.swarm_add(self.key, member_keys, close)
-        if isinstance(answer, tuple):
+        if answer.verdict is not Verdict.OK:
             await self.client.store.write_raw([], {r.key: "" for r in plan.records})
-            raise _rejection(self.key, list(answer))
-        await self.client.runtime.carry_out(answer)
+            raise _rejection(self.key, answer)
         if close:
-            self._record.fields["closed"] = "1"
+            self._record.fields[Field.CLOSED] = "1"
+        # The members' messages are in the outbox already; a failed send raises DispatchError
+        # here and is retried.
+        await self.client.sender.send(answer.actions(), raise_errors=True)
         return [self.client.handle(r) for r in await _records(self.client, member_keys)]
 
     async def aio_run_in_swarm(
@@ -122,11 +123,11 @@ class SwarmSignature(Signature):
 
     async def close_swarm(self) -> None:
         """No more members; once all have finished the swarm completes."""
-        actions = await self.client.store.swarm_close(self.key)
-        if actions is None:
-            raise InvalidTransitionError(self.key, "missing", "close")
-        self._record.fields["closed"] = "1"
-        await self.client.runtime.carry_out(actions)
+        answer = await self.client.store.swarm_close(self.key)
+        if answer.verdict is Verdict.MISSING:
+            raise SignatureNotFoundError(self.key)
+        self._record.fields[Field.CLOSED] = "1"
+        await self.client.sender.send(answer.actions(), raise_errors=True)
 
     async def results(self) -> dict[str, Any]:
         """Each member's result by signature key (a TaskError for a failed member, None for one
@@ -143,33 +144,37 @@ class SwarmSignature(Signature):
 def _member_result(rec: Record | None) -> Any:
     if rec is None:
         return None
-    if rec.status == "done":
-        return loads(rec.get("res", "null"))
-    if rec.get("error"):
-        return TaskError.model_validate_json(rec.get("error"))
+    if rec.status == SignatureStatus.DONE:
+        return loads(rec.get(Field.RESULT, "null"))
+    if rec.get(Field.ERROR):
+        return TaskError.model_validate_json(rec.get(Field.ERROR))
     return None
 
 
-def _rejection(key: str, answer: list[str]) -> Exception:
-    if answer[0] == "closed":
+def _rejection(key: str, answer: Answer) -> Exception:
+    if answer.verdict is Verdict.CLOSED:
         return SwarmClosedError(key)
-    if answer[0] == "full":
-        return SwarmFullError(key, int(answer[1]))
-    if answer[0] == "finished":
-        return InvalidTransitionError(key, answer[1], "add tasks to")
-    return InvalidTransitionError(key, answer[0], "add tasks to")
+    if answer.verdict is Verdict.FULL:
+        return SwarmFullError(key, int(answer.detail[0]))
+    if answer.verdict is Verdict.MISSING:
+        return SignatureNotFoundError(key)
+    return InvalidTransitionError(key, answer.detail[0] or answer.verdict.value, "add tasks to")
 
 
 async def _records(client: Mageflow, key_list: list[str]) -> list[Record]:
     return [r for r in await client.store.load_many(key_list) if r is not None]
 
 
-def _callbacks(plan: Plan, key: str, ok: Sequence[Any], err: Sequence[Any]) -> dict[str, str]:
+def _callbacks(plan: Plan, key: str, ok: Sequence[Any], err: Sequence[Any]) -> dict[Field, str]:
     check_callbacks(plan.client, ok)
     return {
-        "ok": json.dumps([plan.child(cb, "", key) for cb in ok]),
-        "err": json.dumps([plan.child(cb, "", key) for cb in err]),
+        Field.SUCCESS: _key_list([plan.child(cb, "", key) for cb in ok]),
+        Field.ERRORS: _key_list([plan.child(cb, "", key) for cb in err]),
     }
+
+
+def _key_list(keys: list[str]) -> str:
+    return json.dumps(keys) if keys else ""  # an empty list is not stored at all
 
 
 async def create_chain(
@@ -186,8 +191,13 @@ async def create_chain(
     key = client.keys.new_signature()
     plan = Plan(client, K.workflow_of(key))
     steps = [plan.child(t, key, key) for t in tasks]
-    fields = new_fields("chain", "", kwargs, name=name or "chain", steps=json.dumps(steps), cur="0")
-    fields.update(_callbacks(plan, key, success_callbacks, error_callbacks))
+    fields = new_fields(
+        Kind.CHAIN,
+        "",
+        kwargs,
+        {Field.NAME: name or "chain", Field.STEPS: json.dumps(steps)},
+        _callbacks(plan, key, success_callbacks, error_callbacks),
+    )
     plan.records.insert(0, NewRecord(key, fields))
     await plan.commit()
     return ChainSignature(client, Record(key, fields))
@@ -210,17 +220,19 @@ async def create_swarm(
     plan = Plan(client, K.workflow_of(key))
     member_keys = [plan.child(t, key, key) for t in tasks]
     fields = new_fields(
-        "swarm",
+        Kind.SWARM,
         "",
         kwargs,
-        name=name or "swarm",
-        maxc=str(config.max_concurrency),
-        limit=str(config.stop_after_n_failures or ""),
-        maxtasks=str(config.max_task_allowed or ""),
-        closed="1" if closed else "",
+        {
+            Field.NAME: name or "swarm",
+            Field.MAX_CONCURRENCY: str(config.max_concurrency),
+            Field.FAIL_LIMIT: str(config.stop_after_n_failures or ""),
+            Field.MAX_TASKS: str(config.max_task_allowed or ""),
+            Field.CLOSED: "1" if closed else "",
+            Field.TOTAL: str(len(member_keys)),
+        },
+        _callbacks(plan, key, success_callbacks, error_callbacks),
     )
-    fields.update(total=str(len(member_keys)), running="0", nok="0", nfail="0")
-    fields.update(_callbacks(plan, key, success_callbacks, error_callbacks))
     plan.records.insert(0, NewRecord(key, fields, member_keys))
     await plan.commit()
     return SwarmSignature(client, Record(key, fields))

@@ -148,3 +148,19 @@ class TaskCanceledError(MageflowError):
 
 class EmbeddedRedisError(MageflowError):
     """The embedded Redis server could not be started."""
+
+
+class DispatchError(MageflowError):
+    """A message could not be handed to the task engine. The state change that queued it has
+    committed, and the message stays in the outbox: it is sent again automatically."""
+
+    def __init__(self, key: str, task_name: str, cause: BaseException) -> None:
+        self.key = key
+        self.task_name = task_name
+        self.cause = cause
+        super().__init__(
+            f"could not send {task_name or 'the message'} ({key}) to the engine: {cause!r}. It is "
+            "kept in the outbox and sent again automatically (by this client, or by recovery in "
+            "any client or worker of this namespace); do not start it again. Check that the "
+            "engine's broker is reachable."
+        )

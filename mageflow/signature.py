@@ -12,10 +12,16 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from mageflow.envelope import Envelope
-from mageflow.errors import InvalidTransitionError, TaskCanceledError, TaskFailedError
+from mageflow.errors import (
+    InvalidTransitionError,
+    SignatureNotFoundError,
+    TaskCanceledError,
+    TaskFailedError,
+)
 from mageflow.models.message import TaskError
 from mageflow.status import SignatureStatus
 from mageflow.store.records import Record, kwarg_fields, loads
+from mageflow.store.schema import Control, Field, Verdict
 
 if TYPE_CHECKING:
     from mageflow.client import Mageflow
@@ -82,7 +88,7 @@ class Signature:
 
     @property
     def name(self) -> str:
-        return self._record.get("name") or self.task_name or self.kind
+        return self._record.get(Field.NAME) or self.task_name or self.kind
 
     @property
     def status(self) -> SignatureStatus:
@@ -91,24 +97,24 @@ class Signature:
 
     @property
     def success_callbacks(self) -> list[str]:
-        return self._record.key_list("ok")
+        return self._record.key_list(Field.SUCCESS)
 
     @property
     def error_callbacks(self) -> list[str]:
-        return self._record.key_list("err")
+        return self._record.key_list(Field.ERRORS)
 
     @property
     def parent(self) -> str | None:
-        return self._record.get("parent") or None
+        return self._record.get(Field.PARENT) or None
 
     @property
     def result_value(self) -> Any:
-        raw = self._record.get("res")
+        raw = self._record.get(Field.RESULT)
         return loads(raw) if raw else None
 
     @property
     def error(self) -> TaskError | None:
-        raw = self._record.get("error")
+        raw = self._record.get(Field.ERROR)
         return TaskError.model_validate_json(raw) if raw else None
 
     def _refresh(self, record: Record) -> None:
@@ -128,10 +134,14 @@ class Signature:
     # -- running --------------------------------------------------------------------------------
 
     async def aio_run_no_wait(self, msg: Message = None) -> None:
-        """Start this signature with ``msg`` (merged with its bound kwargs) and return at once."""
+        """Start this signature with ``msg`` (merged with its bound kwargs) and return at once.
+
+        A suspended or interrupted signature keeps the message and runs with it on resume. The
+        message is queued in Redis before it is sent, so a send that fails is retried (the
+        :class:`~mageflow.errors.DispatchError` raised then says so) and nothing is lost."""
         if self.replayed and self.status is not SignatureStatus.PENDING:
             return
-        if self._launched or self.status is not SignatureStatus.PENDING:
+        if self._launched:
             raise InvalidTransitionError(self.key, self.status.value, "run")
         envelope = Envelope(sig=self.key, input=message_dict(msg))
         from mageflow.scopes import current_batch
@@ -141,7 +151,14 @@ class Signature:
 
         async def send() -> None:
             envelope.sig = self.key  # the key may have moved when the batch committed
-            await self.client.runtime.launch(self.kind, self.task_name, envelope)
+            verdict = await self.client.runtime.launch(self.key, envelope)
+            if verdict is Verdict.MISSING:
+                raise SignatureNotFoundError(self.key)
+            if verdict is Verdict.LAUNCHED and self.replayed:
+                return  # an earlier attempt of the durable task that made it started it
+            if verdict in (Verdict.INVALID, Verdict.LAUNCHED, Verdict.MOVED):
+                await self.aload()
+                raise InvalidTransitionError(self.key, self.status.value, "run")
 
         batch = current_batch()
         if batch is not None:
@@ -152,7 +169,7 @@ class Signature:
     async def aio_run(self, msg: Message = None, *, timeout: float | None = None) -> Any:
         """Start this signature and wait for it; return its result or raise its error."""
         await self.client.ensure_started()
-        await self.client.notifier.mark(self.key)
+        await self.client.notifier.watch(self.key)
         await self.aio_run_no_wait(msg)
         return await self.aresult(timeout=timeout)
 
@@ -178,21 +195,21 @@ class Signature:
     async def suspend(self) -> None:
         """Pause gracefully: what has not started will not start; running tasks finish.
         Raises TaskAlreadyRunningError for a single task that is already running."""
-        await self._control("suspend")
+        await self._control(Control.SUSPEND)
 
     async def interrupt(self) -> None:
         """Pause now: running tasks are stopped too; resume() runs them again."""
-        await self._control("interrupt")
+        await self._control(Control.INTERRUPT)
 
     async def resume(self) -> None:
         """Continue after suspend() or interrupt(): sends again exactly what was stopped."""
-        await self._control("resume")
+        await self._control(Control.RESUME)
 
     async def cancel(self) -> None:
         """Stop everything for good; the status becomes canceled and no callback fires."""
-        await self._control("cancel")
+        await self._control(Control.CANCEL)
 
-    async def _control(self, action: str) -> None:
+    async def _control(self, action: Control) -> None:
         from mageflow.lifecycle import control
 
         await control(self.client, self.key, action)

@@ -1,21 +1,26 @@
-"""Waiting for signatures to finish, for ``aio_run``.
+"""Waiting for signatures to finish, for ``aio_run`` and ``aresult``, told by the store.
 
-A finished signature whose ``w`` flag is set is announced on its workflow's ``done`` channel (see
-lib.lua). One pattern subscription per client feeds every waiter; each waiter also re-reads the
-status now and then, so a notice lost to a reconnect only delays it.
+``watch.lua`` sets a signature's waited flag and reads its status in one step; a signature that
+ends with the flag set is announced on its workflow's ``done`` channel (lib.lua). One pattern
+subscription per client feeds every waiter, so nothing polls: a waiter sleeps until the notice
+for its key arrives. A notice can only be missed while the subscription is down; when it comes
+back, every waiter reads its status once more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
-from mageflow.status import SignatureStatus
+from mageflow.errors import SignatureNotFoundError
 from mageflow.store.records import Record
-from mageflow.store.redis_store import Store, _s
+from mageflow.store.redis_store import MAX_FORWARDS, Store, _s
+from mageflow.store.schema import Verdict
 
-RECHECK_SECONDS = (0.5, 1.0, 2.0, 5.0)
+log = logging.getLogger("mageflow.waiting")
+RECONNECT_PAUSE = 0.5
 
 
 class Notifier:
@@ -23,58 +28,103 @@ class Notifier:
         self.store = store
         self._futures: dict[str, list[asyncio.Future[None]]] = {}
         self._listener: asyncio.Task[None] | None = None
-        self._pubsub: Any = None
-        self._ready = asyncio.Event()
+        self._subscribed: asyncio.Event | None = None
 
     async def _ensure_listener(self) -> None:
         if self._listener is None:
-            self._pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
-            await self._pubsub.psubscribe(self.store.keys.done_pattern)
+            self._subscribed = asyncio.Event()
             self._listener = asyncio.get_running_loop().create_task(self._listen())
+        # No need to wait for Redis to confirm the subscription: a waiter registers its future
+        # before it reads the status, and the confirmation wakes every waiter to read it again.
 
     async def _listen(self) -> None:
+        assert self._subscribed is not None
         while True:
+            pubsub: Any = self.store.redis.pubsub()
             try:
-                msg = await self._pubsub.get_message(timeout=1.0)
+                await pubsub.psubscribe(self.store.keys.done_pattern)
+                while True:
+                    msg = await pubsub.get_message(timeout=None)
+                    if msg is not None:
+                        self._handle(msg)
             except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
                 raise
-            except Exception:  # connection trouble: waiters fall back to re-reading status
-                await asyncio.sleep(0.5)
-                continue
-            if msg and msg.get("type") == "pmessage":
-                key = _s(msg["data"]).split(" ", 1)[0]
-                for fut in self._futures.pop(key, []):
-                    if not fut.done():
-                        fut.set_result(None)
+            except Exception as exc:  # the subscription dropped: waiters read their status again
+                log.warning("lost the done-notice subscription (%r); reconnecting", exc)
+                self._subscribed.clear()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                self._wake_all()
+                await asyncio.sleep(RECONNECT_PAUSE)
 
-    async def mark(self, key: str) -> None:
-        """Ask for a notice when ``key`` finishes (before launching it, so none is missed)."""
+    def _handle(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "psubscribe":
+            assert self._subscribed is not None
+            if not self._subscribed.is_set():
+                self._subscribed.set()
+                self._wake_all()  # anything that ended while we were not subscribed
+        elif kind == "pmessage":
+            key = _s(msg["data"]).split(" ", 1)[0]
+            for fut in self._futures.pop(key, []):
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _wake_all(self) -> None:
+        futures, self._futures = self._futures, {}
+        for group in futures.values():
+            for fut in group:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def watch(self, key: str) -> tuple[str, Record | None]:
+        """Ask for a notice when ``key`` ends (before launching it, so none is missed). Returns
+        the key it lives under now and, when it has ended already, its record."""
         await self._ensure_listener()
-        await self.store.set_fields(key, {"w": "1"})
+        for _ in range(MAX_FORWARDS):
+            answer = await self.store.watch(key)
+            if answer.verdict is Verdict.MOVED:
+                key = answer.detail[0]
+                continue
+            if answer.verdict is Verdict.MISSING:
+                raise SignatureNotFoundError(key)
+            if answer.verdict is Verdict.FINISHED:
+                return key, Record(key, answer.pairs())
+            return key, None
+        raise SignatureNotFoundError(key)
 
     async def wait(self, key: str, timeout: float | None = None) -> Record:
         """Block until the signature reaches a terminal status; return its record."""
-        await self._ensure_listener()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        attempt = 0
         while True:
             fut: asyncio.Future[None] = loop.create_future()
             self._futures.setdefault(key, []).append(fut)
-            record = await self.store.load(key)
-            if SignatureStatus(record.status).is_terminal:
-                return record
-            pause = RECHECK_SECONDS[min(attempt, len(RECHECK_SECONDS) - 1)]
-            if deadline is not None:
-                pause = min(pause, max(0.0, deadline - loop.time()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fut, pause)
-            if deadline is not None and loop.time() >= deadline:
-                record = await self.store.load(key)
-                if SignatureStatus(record.status).is_terminal:
+            current, record = await self.watch(key)
+            if record is not None or current != key:
+                self._discard(key, fut)
+                if record is not None:
                     return record
-                raise TimeoutError(f"signature {key} did not finish within {timeout} s")
-            attempt += 1
+                key = current  # it moved: listen under the key it has now
+                continue
+            remaining = None if deadline is None else deadline - loop.time()
+            try:
+                await asyncio.wait_for(fut, remaining)
+            except TimeoutError:
+                self._discard(key, fut)
+                _, record = await self.watch(key)
+                if record is not None:
+                    return record
+                raise TimeoutError(f"signature {key} did not finish within {timeout} s") from None
+
+    def _discard(self, key: str, fut: asyncio.Future[None]) -> None:
+        group = self._futures.get(key)
+        if group and fut in group:
+            group.remove(fut)
+            if not group:
+                del self._futures[key]
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -82,7 +132,3 @@ class Notifier:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
             self._listener = None
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
-            self._pubsub = None

@@ -109,7 +109,7 @@ async def test_suspended_pending_task_parks_its_message_and_runs_once_on_resume(
     sig = await task(mf, "t", cbs=True, inc=2)
     await sig.suspend()
     assert sig.status is S.SUSPENDED
-    await mf.runtime.launch("task", "work", Envelope(sig=sig.key, input={"start": 40}))
+    await mf.engine.dispatch("work", Envelope(sig=sig.key, input={"start": 40}))
     await eventually(lambda: _has_env(mf, sig.key))
     await asyncio.sleep(0.05)
     await join(mf)
@@ -155,13 +155,13 @@ async def test_cancel_stops_a_task_for_good(mf: Mageflow, log: Log, running: boo
         waiter = asyncio.create_task(sig.aio_run())
         await eventually(lambda: log.started == ["t"])
     else:
-        await mf.notifier.mark(sig.key)
+        await mf.notifier.watch(sig.key)
         waiter = asyncio.create_task(sig.aresult(timeout=5))
     await mageflow.cancel(sig.key)
     with pytest.raises(TaskCanceledError):
         await asyncio.wait_for(waiter, 5)
     if not running:  # its message arrives after all: it must not run
-        await mf.runtime.launch("task", "work", Envelope(sig=sig.key, input={}))
+        await mf.engine.dispatch("work", Envelope(sig=sig.key, input={}))
     await asyncio.sleep(0.05)
     await join(mf)
     assert log.cancelled == (["t"] if running else [])
@@ -367,7 +367,7 @@ async def race_once(mf: Mageflow, log: Log, kind: str, action: str, i: int) -> b
         config = SwarmConfig(max_concurrency=1)
         root = await mf.swarm([target, follow], config=config, is_swarm_closed=True,
                               success_callbacks=root_ok)  # fmt: skip
-    await mf.notifier.mark(root.key)
+    await mf.notifier.watch(root.key)
     if root is not target:  # started, but its launch of `target` is delivered by hand below
         assert not isinstance(await mf.store.start_container(root.key, "{}", ""), str)
     envelope = Envelope(sig=target.key, input={})

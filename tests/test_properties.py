@@ -195,7 +195,7 @@ async def run_example(url: str, root: Box, plan: list[Any], check_ttl: bool) -> 
     try:
         sig = await world.build(root, "r")
         keys = await world.keys(sig.key, "r", {})
-        await mf.notifier.mark(sig.key)
+        await mf.notifier.watch(sig.key)
         await sig.aio_run_no_wait()
         await apply(world, keys, plan)
         final = await mf.notifier.wait(sig.key, timeout=5)

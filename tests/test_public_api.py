@@ -14,6 +14,7 @@ PUBLIC_API = [
     "ChainSignature",
     "ConfigurationError",
     "ContextMessage",
+    "DispatchError",
     "EmbeddedRedisError",
     "ErrorValue",
     "InvalidTransitionError",

@@ -194,7 +194,7 @@ async def test_callback_handle_follows_it_under_the_parent_workflow(mf: Mageflow
     assert parent.success_callbacks == [cb.key]
     assert (await mf.load_signature(cb.key)).key == cb.key
     assert (await mf.load_signature(old_key)).key == cb.key  # the old key forwards
-    await mf.notifier.mark(cb.key)
+    await mf.notifier.watch(cb.key)
     await parent.aio_run(Item(item_id=5))
     assert await cb.aresult(timeout=5) is None
     assert await cb.astatus() is SignatureStatus.DONE

@@ -36,7 +36,7 @@ async def _swarm(mf: Mageflow, sizes: Sizes, timeout: float) -> tuple[float, Key
         success_callbacks=[collect],
         is_swarm_closed=True,
     )
-    await mf.notifier.mark(collect.key)  # announce the callback's end to this client
+    await mf.notifier.watch(collect.key)  # announce the callback's end to this client
     built = clock() - t0
     await swarm.aio_run_no_wait({"x": 1})
     value = await collect.aresult(timeout=timeout)
@@ -70,7 +70,7 @@ async def _callbacks(mf: Mageflow, sizes: Sizes, timeout: float) -> tuple[float,
         for _ in range(sizes.callbacks_n):
             callback = await mf.sign(NOOP)
             pairs.append((await mf.sign(NOOP, success_callbacks=[callback]), callback))
-    await bounded_gather((mf.notifier.mark(cb.key) for _, cb in pairs), WAIT_LIMIT)
+    await bounded_gather((mf.notifier.watch(cb.key) for _, cb in pairs), WAIT_LIMIT)
     built = clock() - t0
     for i, (sig, _) in enumerate(pairs):
         await sig.aio_run_no_wait({"x": i})

@@ -8,7 +8,10 @@ keeps every bit of orchestration in the core; an engine only has to
 * ``dispatch`` an envelope to a registered task name;
 * ``cancel`` a run it dispatched.
 
-Start-up, shutdown and workers are optional hooks with no-op defaults.
+Start-up, shutdown and workers are optional hooks with no-op defaults. Leases, heartbeats and
+recovery are not the engine's business: the core runs them once for every engine
+(``mageflow/recovery.py``), asking the engine only which signatures it runs here
+(:meth:`Engine.running_keys`) and to stop one of them (:meth:`Engine.stop_local`).
 """
 
 from __future__ import annotations
@@ -51,15 +54,14 @@ class RunOutcome:
 @dataclass(frozen=True, slots=True)
 class EngineServices:
     """Handed to :meth:`Engine.start`: the client's Redis connection and key schema (for engines
-    that coordinate workers through Redis, e.g. to cancel a run on another process)."""
+    that coordinate workers through Redis, e.g. to cancel a run on another process) and a way to
+    read a signature's claim."""
 
     redis: Redis
     keys: KeySchema
     lease_seconds: float
-    heartbeat: Callable[[list[str]], Awaitable[int]]
-    #: How often running tasks should be heartbeated: often enough for both their lease and
-    #: their active TTL.
-    heartbeat_seconds: float = 60.0
+    #: (status, attempt, lease end ms, Redis time ms) of a signature: who holds it, until when.
+    claim_state: Callable[[str], Awaitable[tuple[str, int, int, int]]]
 
 
 Runner = Callable[["TaskDef", Envelope, int, Any], Awaitable[RunOutcome]]
@@ -72,11 +74,16 @@ class Engine(ABC):
     #: task it has not registered itself, as long as some worker published it to the registry.
     remote_workers: bool = False
 
-    #: True when the engine delivers a message again after a worker died mid-task (a broker with
-    #: acknowledgements). Then a transition's follow-ups stay in an outbox on the record until
-    #: they were sent, so the redelivered message can send them. An engine that runs tasks in
-    #: the calling process loses them with the process anyway and skips that bookkeeping.
+    #: True when a dispatched message is durable in the engine (a broker with acknowledgements
+    #: delivers it again if a worker dies mid-task): once ``dispatch`` returns, its outbox entry
+    #: is confirmed. False for an engine that runs tasks in the calling process: there the
+    #: entry stays until a delivery claims the signature, so a process that dies in between
+    #: leaves it for recovery.
     redelivers: bool = True
+
+    #: True when tasks run in the calling process: the client then finishes, at interpreter exit,
+    #: the deliveries the ended event loop cut off (see :meth:`leftovers`).
+    runs_in_process: bool = False
 
     #: The engine's own "do not retry" exceptions, which fail a task at once like
     #: :class:`~mageflow.errors.NonRetryableError`.
@@ -105,6 +112,29 @@ class Engine(ABC):
         """Wait until no work this engine runs in the calling process is left (in-process
         engine: every dispatched task and what it triggered); engines whose tasks run in worker
         processes have nothing to wait for here."""
+
+    def running_keys(self) -> list[str]:
+        """Signature keys of the runs in progress in this process (their leases are extended
+        by the core's heartbeat)."""
+        return []
+
+    def stop_local(self, key: str) -> bool:
+        """Stop the run of ``key`` in this process, if there is one (the heartbeat saw it was
+        canceled or interrupted); True when one was stopped."""
+        return False
+
+    def holds(self, key: str) -> bool:
+        """True when this process already has a delivery of ``key`` (running or waiting for a
+        slot), so recovery need not send it again."""
+        return key in self.running_keys()
+
+    def leftovers(self) -> list[tuple[str, Envelope]]:
+        """Deliveries this process took and did not finish when its event loop ended (an
+        in-process engine's work in flight at exit); empty for engines whose broker keeps them."""
+        return []
+
+    def reset(self) -> None:
+        """Forget every run (their event loop is gone) before the client starts again."""
 
     def worker(self, client: Any, *args: Any, **kwargs: Any) -> Any:
         """The engine's worker object for ``client``'s tasks (``Mageflow.worker`` calls this)."""

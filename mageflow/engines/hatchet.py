@@ -43,7 +43,7 @@ from hatchet_sdk import (
 from hatchet_sdk.runnables.workflow import BaseWorkflow, Standalone
 from pydantic import BaseModel, ConfigDict, Field
 
-from mageflow.engines.base import Engine, EngineServices, Runner, RunOutcome
+from mageflow.engines.base import Engine, Runner, RunOutcome
 from mageflow.envelope import Envelope
 from mageflow.errors import ConfigurationError
 from mageflow.store.keys import id_of, workflow_of
@@ -134,7 +134,6 @@ class HatchetEngine(Engine):
         self._registered: dict[str, Standalone[HatchetEnvelope, Any]] = {}
         self._stubs: dict[str, Standalone[HatchetEnvelope, Any]] = {}
         self._running: dict[str, int] = {}
-        self._heartbeat: asyncio.Task[None] | None = None
 
     # -- declaring tasks ------------------------------------------------------------------------
 
@@ -247,30 +246,11 @@ class HatchetEngine(Engine):
         )
         return True
 
-    # -- leases ---------------------------------------------------------------------------------
+    # -- what runs here -------------------------------------------------------------------------
 
-    async def start(self, services: EngineServices) -> None:
-        if self._heartbeat is None:
-            self._heartbeat = asyncio.get_running_loop().create_task(
-                self._keep_leases(services), name="mageflow-hatchet-heartbeat"
-            )
-
-    async def stop(self) -> None:
-        beat, self._heartbeat = self._heartbeat, None
-        if beat is not None:
-            beat.cancel()
-            await asyncio.gather(beat, return_exceptions=True)
-
-    async def _keep_leases(self, services: EngineServices) -> None:
-        """Extend the lease of the signatures running here, so no redelivery takes them over."""
-        while True:
-            await asyncio.sleep(services.heartbeat_seconds)
-            if not self._running:
-                continue
-            try:
-                await services.heartbeat(list(self._running))
-            except Exception as exc:  # a lost beat only shortens a lease; keep beating
-                log.warning("could not extend task leases: %r", exc)
+    def running_keys(self) -> list[str]:
+        """The signatures running in this worker (the core's heartbeat extends their leases)."""
+        return list(self._running)
 
     def _holding(self, key: str) -> _Holding:
         return _Holding(self._running, key)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from mageflow.engines.base import Engine, EngineServices, Runner, RunOutcome
+from mageflow.engines.base import Engine, Runner, RunOutcome
 from mageflow.envelope import Envelope
 from mageflow.errors import UnknownTaskError
 from mageflow.tasks import TaskDef
@@ -32,15 +31,20 @@ class InProcEngine(Engine):
 
     Retries and the per-attempt timeout are applied by the runner (the same code on every engine);
     this engine only loops over attempts and keeps the asyncio tasks so runs can be cancelled.
+    A delivery is forgotten only when it ends: what is still here when the event loop ends is
+    what the client finishes before the process exits (:meth:`leftovers`).
     """
 
-    redelivers = False  # a task dies with this process; nothing delivers it again
+    redelivers = False  # a task dies with this process; the outbox entry waits for the claim
+    runs_in_process = True
 
     def __init__(self, concurrency: int = 1000) -> None:
+        self.concurrency = concurrency
         self._tasks: dict[str, tuple[TaskDef, Runner]] = {}
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots: asyncio.Semaphore | None = None
         self._running: dict[str, asyncio.Task[Any]] = {}
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._envelopes: dict[str, tuple[str, Envelope]] = {}
+        self._stopped: set[asyncio.Task[Any]] = set()  # canceled on request, not by loop end
 
     def register(self, task: TaskDef, runner: Runner) -> None:
         self._tasks[task.name] = (task, runner)
@@ -53,17 +57,26 @@ class InProcEngine(Engine):
         entry = self._tasks.get(name)
         if entry is None:
             raise UnknownTaskError(name, self.names())
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
         run = asyncio.get_running_loop().create_task(self._run(entry, envelope), name=envelope.sig)
         self._running[envelope.sig] = run
+        self._envelopes[envelope.sig] = (name, envelope)
         run.add_done_callback(functools.partial(self._forget, envelope.sig))
         return None
 
     def _forget(self, key: str, run: asyncio.Task[Any]) -> None:
         if self._running.get(key) is run:
             del self._running[key]
+            # A run cut off by the end of the event loop is still owed; one that ended (or was
+            # canceled on request, by stop_local or cancel) is not.
+            if not run.cancelled() or run in self._stopped:
+                self._envelopes.pop(key, None)
+        self._stopped.discard(run)
 
     async def _run(self, entry: tuple[TaskDef, Runner], envelope: Envelope) -> None:
         task, runner = entry
+        assert self._slots is not None
         async with self._slots:
             for attempt in range(task.retries + 1):
                 ctx = InProcContext(envelope.sig, task.name, attempt, task.retries)
@@ -74,35 +87,32 @@ class InProcEngine(Engine):
                     "task %s attempt %d failed, retrying: %r", task.name, attempt, outcome.error
                 )
 
-    async def start(self, services: EngineServices) -> None:
-        if self._heartbeat is None:
-            self._heartbeat = asyncio.get_running_loop().create_task(self._beat(services))
-
-    async def _beat(self, services: EngineServices) -> None:
-        """Keep the leases and TTLs of running tasks fresh, however long they run."""
-        while True:
-            await asyncio.sleep(services.heartbeat_seconds)
-            if self._running:
-                try:
-                    await services.heartbeat(list(self._running))
-                except Exception as exc:  # Redis trouble: the next beat tries again
-                    log.warning("heartbeat failed: %r", exc)
-
     async def cancel(self, run_id: str) -> bool:
-        run = self._running.get(run_id)
+        return self.stop_local(run_id)
+
+    def running_keys(self) -> list[str]:
+        return list(self._running)
+
+    def stop_local(self, key: str) -> bool:
+        run = self._running.get(key)
         if run is None or run.done():
             return False
+        self._stopped.add(run)
         run.cancel()
         return True
+
+    def leftovers(self) -> list[tuple[str, Envelope]]:
+        return list(self._envelopes.values())
+
+    def reset(self) -> None:
+        self._running.clear()
+        self._envelopes.clear()
+        self._stopped.clear()
+        self._slots = None
 
     async def stop(self) -> None:
         """Let running tasks finish (they may dispatch follow-ups, so wait until none are left)."""
         await self.join()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
 
     async def join(self) -> None:
         while self._running:

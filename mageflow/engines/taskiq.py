@@ -15,9 +15,9 @@ signature decides who runs it):
   holder: if the holder finishes, the message is acknowledged; if the holder's lease runs out (its
   worker died) this delivery takes the run over. Acknowledging such a duplicate at once would
   lose the run whenever the holder died later;
-* workers extend the leases of their running tasks every ``lease_seconds / 3`` and listen on a
-  Redis pub/sub channel for cancel requests, so :meth:`TaskiqEngine.cancel` stops a run on
-  whatever process runs it.
+* the core's heartbeat extends the leases of the tasks running here (and stops runs whose
+  signature was canceled meanwhile); workers listen on a Redis pub/sub channel for cancel
+  requests, so :meth:`TaskiqEngine.cancel` stops a run on whatever process runs it.
 """
 
 from __future__ import annotations
@@ -52,8 +52,6 @@ MESSAGE_LABELS: dict[str, Any] = {"ack_type": "manual"}
 #: Pauses between tries of a delivery that cannot reach Redis; after the last it is left to the
 #: broker to deliver again.
 INFRA_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
-#: Statuses that mean "stop this run" when a worker sees them on a task it is running.
-STOPPED = frozenset({SignatureStatus.CANCELED.value, SignatureStatus.INTERRUPTED.value})
 
 #: Default of the ``context`` parameter of the registered functions: taskiq injects its Context.
 TASKIQ_CONTEXT: Any = TaskiqDepends()
@@ -159,7 +157,6 @@ class TaskiqEngine(Engine):
         await pubsub.subscribe(services.keys.cancel_channel)  # before any task can start
         loop = asyncio.get_running_loop()
         self._loops.append(loop.create_task(self._cancel_listener(services, pubsub)))
-        self._loops.append(loop.create_task(self._heartbeats(services)))
         settings = stream_settings(self.broker)
         if settings is not None:
             self._loops.append(loop.create_task(sweep_streams(settings)))
@@ -237,29 +234,11 @@ class TaskiqEngine(Engine):
                 pubsub = None
                 await asyncio.sleep(1.0)
 
-    async def _heartbeats(self, services: EngineServices) -> None:
-        while True:
-            await asyncio.sleep(services.lease_seconds / 3)
-            keys = list(self._runs)
-            if not keys:
-                continue
-            try:
-                await self._stop_stopped(services, keys)
-                await services.heartbeat(keys)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("could not extend the leases of %d running task(s): %r", len(keys), exc)
+    def running_keys(self) -> list[str]:
+        return list(self._runs)
 
-    async def _stop_stopped(self, services: EngineServices, keys: list[str]) -> None:
-        """Stop local runs whose signature was canceled or interrupted (in case the pub/sub
-        request was missed)."""
-        pipe = services.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.hget(key, "st")
-        for key, status in zip(keys, await pipe.execute(), strict=True):
-            if status is not None and _text(status) in STOPPED and self.cancel_local(key):
-                log.info("stopped %s: its status is %s", key, _text(status))
+    def stop_local(self, key: str) -> bool:
+        return self.cancel_local(key)
 
     # -- delivering -------------------------------------------------------------------------------
 
@@ -374,7 +353,7 @@ class TaskiqEngine(Engine):
                 await asyncio.wait(set(local), timeout=poll)
                 continue
             try:
-                status, holder_attempt, lease, now = await _claim_state(services, key)
+                status, holder_attempt, lease, now = await services.claim_state(key)
             except Exception as exc:
                 log.warning("could not read %s (%r); leaving its message to the broker", key, exc)
                 return "leave"
@@ -411,16 +390,6 @@ class TaskiqEngine(Engine):
         runner = next(iter(self._tasks.values()))[1]
         attempt = int(message.kwargs.get("attempt") or 0)
         await runner(TaskDef(name=name, fn=unknown), Envelope.from_dict(payload), attempt, None)
-
-
-async def _claim_state(services: EngineServices, key: str) -> tuple[str, int, int, int]:
-    """(status, attempt, lease end ms, Redis time ms) of a signature."""
-    pipe = services.redis.pipeline(transaction=False)
-    pipe.hmget(key, ["st", "att", "lease"])
-    pipe.time()
-    fields, (seconds, micros) = await pipe.execute()
-    status, att, lease = (_text(v) if v is not None else "" for v in fields)
-    return status, int(att or 0), int(lease or 0), int(seconds) * 1000 + int(micros) // 1000
 
 
 def _text(value: Any) -> str:

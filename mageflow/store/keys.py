@@ -9,8 +9,9 @@ Layout, with the default namespace ``mageflow``::
     mageflow:sig:{wf}:<id>            hash   one signature: status, kwargs (k:<name>), result ...
     mageflow:sig:{wf}:<id>:members    list   a swarm's member keys, in the order they were added
     mageflow:sig:{wf}:<id>:queue      list   a swarm's members still waiting for a slot
-    mageflow:sig:{wf}:<id>:finished   set    a swarm's members already counted (dedupe)
     mageflow:sig:{wf}:<id>:cache      list   signatures a durable task created (retry cache)
+    mageflow:outbox                   zset   queued messages not yet sent: "<key>@<ms>" -> queued at
+    mageflow:leases                   zset   running tasks: signature key -> lease deadline (ms)
     mageflow:done:{wf}                pubsub channel announcing finished signatures to waiters
     mageflow:cancel                   pubsub channel asking workers to stop a running signature
 """
@@ -20,6 +21,12 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+
+from mageflow.store.schema import SubKey
+
+#: The segments that make signature keys and done channels (the Lua side gets them generated).
+SIG_SEGMENT = ":sig:"
+DONE_SEGMENT = ":done:"
 
 _NS_RE = re.compile(r"^[A-Za-z0-9_.\-:]+$")
 
@@ -44,11 +51,28 @@ class KeySchema:
         return f"{self.namespace}:registry"
 
     def signature(self, wf: str, sig_id: str) -> str:
-        return f"{self.namespace}:sig:{{{wf}}}:{sig_id}"
+        return f"{self.namespace}{SIG_SEGMENT}{{{wf}}}:{sig_id}"
 
     def new_signature(self, wf: str | None = None) -> str:
         sig_id = new_id()
         return self.signature(wf or sig_id, sig_id)
+
+    @property
+    def outbox(self) -> str:
+        """Index of queued messages that no receiver has claimed and no sender has confirmed.
+        Each transition script adds its follow-ups here in the same step that queues them."""
+        return f"{self.namespace}:outbox"
+
+    @property
+    def leases(self) -> str:
+        """Index of running tasks by lease deadline: a task whose deadline passed lost its
+        holder, and recovery sends its message again."""
+        return f"{self.namespace}:leases"
+
+    @property
+    def indexes(self) -> list[str]:
+        """The index keys every transition script gets as KEYS[1] and KEYS[2]."""
+        return [self.outbox, self.leases]
 
     @property
     def cancel_channel(self) -> str:
@@ -59,24 +83,24 @@ class KeySchema:
     def done_pattern(self) -> str:
         """Pattern matching every workflow's ``done`` channel (lib.lua publishes on
         ``<namespace>:done:{<wf>}``)."""
-        return f"{self.namespace}:done:*"
+        return f"{self.namespace}{DONE_SEGMENT}*"
 
 
 def members(sig_key: str) -> str:
-    return f"{sig_key}:members"
+    return sig_key + SubKey.MEMBERS
 
 
 def queue(sig_key: str) -> str:
-    return f"{sig_key}:queue"
+    return sig_key + SubKey.QUEUE
 
 
 def cache(sig_key: str) -> str:
     """Signatures a durable task created, in order, reused when the task is retried."""
-    return f"{sig_key}:cache"
+    return sig_key + SubKey.CACHE
 
 
-def finished(sig_key: str) -> str:
-    return f"{sig_key}:finished"
+def sub_keys(sig_key: str) -> list[str]:
+    return [sig_key + s for s in SubKey]
 
 
 def workflow_of(key: str) -> str:

@@ -1,4 +1,4 @@
-"""Plain-data views of what the store keeps: signature records and the actions scripts return."""
+"""Plain-data views of what the store keeps: signature records and JSON encoding."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Any
 
 import pydantic_core
 
-KWARG_PREFIX = "k:"
-NO_VALUE = ""  # how scripts spell "no input" / "no return value"
+from mageflow.store.schema import KWARG_PREFIX, Field, Kind
 
 
 def dumps(value: Any) -> str:
@@ -33,15 +32,15 @@ class Record:
 
     @property
     def kind(self) -> str:
-        return self.get("kind", "task")
+        return self.get(Field.KIND, Kind.TASK)
 
     @property
     def status(self) -> str:
-        return self.get("st")
+        return self.get(Field.STATUS)
 
     @property
     def task_name(self) -> str:
-        return self.get("task")
+        return self.get(Field.TASK)
 
     def kwargs(self) -> dict[str, Any]:
         n = len(KWARG_PREFIX)
@@ -59,22 +58,6 @@ class NewRecord:
     key: str
     fields: dict[str, str]
     members: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class Action:
-    """Something a committed transition asks the caller to do (see lib.lua for the verbs)."""
-
-    verb: str
-    key: str
-    kind: str
-    task: str
-    a: str
-    b: str
-
-
-def parse_actions(flat: list[str]) -> list[Action]:
-    return [Action(*flat[i : i + 6]) for i in range(0, len(flat), 6)]
 
 
 def kwarg_fields(kwargs: dict[str, Any]) -> dict[str, str]:

@@ -1,10 +1,14 @@
-"""The Redis state store: every read and every atomic transition of workflow state goes here."""
+"""The Redis state store: every read and every atomic transition of workflow state goes here.
+
+Each transition is one Lua script (see ``lua/lib.lua`` for the calling convention); this module
+only packs arguments and hands back the decoded :class:`~mageflow.store.schema.Answer`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import json
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,23 +20,22 @@ from mageflow.errors import RedisUnavailableError, SignatureNotFoundError
 from mageflow.store import keys as K
 from mageflow.store.batching import ScriptBatcher
 from mageflow.store.keys import KeySchema
-from mageflow.store.records import Action, NewRecord, Record, parse_actions
+from mageflow.store.records import NewRecord, Record
+from mageflow.store.schema import Action, Answer, Control, Field, Kind, Verdict, decode
 from mageflow.store.scripts import SCRIPT_NAMES, script_source
 
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+#: How many 'moved' notes a lookup follows before giving up.
 MAX_FORWARDS = 4
-Move = tuple[
-    str, str, str, str
-]  # (old key, new key, parent, owner)  # how many 'moved' notes a lookup follows before giving up
+#: Outbox entries confirmed in one script call at most; more wait for the next call.
+MAX_ACKS = 512
+#: How long confirmations wait for a script call to ride on before they go out on their own.
+ACK_DELAY = 0.02
+Move = tuple[str, str, str, str]  # (old key, new key, parent, owner)
 
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _pairs(flat: Iterable[Any]) -> dict[str, str]:
-    items = [_s(v) for v in flat]
-    return dict(zip(items[::2], items[1::2], strict=True))
 
 
 def describe(client: aioredis.Redis) -> str:
@@ -55,6 +58,8 @@ class Store:
         }
         self._batcher = ScriptBatcher(client, self.load_scripts)
         self._ttl_ms = [ttl.milliseconds("active"), ttl.milliseconds("done")]
+        self._acks: list[str] = []
+        self._ack_timer: asyncio.TimerHandle | None = None
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -65,18 +70,26 @@ class Store:
         except _CONNECTION_ERRORS as exc:
             raise RedisUnavailableError(describe(self.redis), exc) from exc
 
-    def _ttl_args(self) -> list[str]:
-        return self._ttl_ms
-
     def _active_ms(self, kind: str) -> int:
         """The active TTL (ms) of a new signature of ``kind``."""
         override = getattr(self.ttl, kind, self.ttl.task).active_ttl
         return int((override or self.ttl.active_ttl) * 1000)
 
-    async def _run(self, name: str, key_list: list[str], args: list[Any]) -> Any:
-        full = [*key_list, *self._ttl_args(), *args]
+    def _take_acks(self) -> str:
+        taken, self._acks = self._acks[:MAX_ACKS], self._acks[MAX_ACKS:]
+        return " ".join(taken)
+
+    async def _call(self, name: str, key_list: list[str], args: list[Any]) -> Any:
+        full = [*self.keys.indexes, *key_list, *self._ttl_ms, self._take_acks(), *args]
         async with self._guard():
-            return await self._batcher.call(self._sha[name], len(key_list), full)
+            return await self._batcher.call(self._sha[name], 2 + len(key_list), full)
+
+    async def _run(self, name: str, key_list: list[str], args: list[Any]) -> Answer:
+        return decode(await self._call(name, key_list, args))
+
+    def _script_args(self, key_list: list[str], args: list[Any]) -> list[Any]:
+        """KEYS and ARGV of a script sent outside the batcher (inside a MULTI)."""
+        return [*self.keys.indexes, *key_list, *self._ttl_ms, "", *args]
 
     async def load_scripts(self) -> None:
         async with self._guard():
@@ -90,11 +103,33 @@ class Store:
             await self.redis.ping()
         await self.load_scripts()
 
+    # -- outbox confirmations ----------------------------------------------------------------
+
+    def ack(self, entry: str) -> None:
+        """A durable engine accepted the message of outbox ``entry``: drop it from the outbox.
+        Confirmations ride on the next script call; if none comes soon, they go on their own.
+        One that is lost only makes recovery send that message once more."""
+        if not entry:
+            return
+        self._acks.append(entry)
+        if self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._ack_timer = None
+        if self._acks:
+            task = asyncio.get_running_loop().create_task(self.flush_acks())
+            task.add_done_callback(_ignore_result)
+
+    async def flush_acks(self) -> None:
+        while self._acks:
+            await self._call("ack", [], [])
+
     # -- records -----------------------------------------------------------------------------
 
     async def create(
         self, records: list[NewRecord], adopt: list[Move] | None = None
-    ) -> list[list[str]]:
+    ) -> list[Answer]:
         """Write new signatures and move existing leaves under them, in one MULTI/EXEC.
 
         ``adopt`` holds (old key, new key, parent, owner); the adopt script's answer for each
@@ -106,28 +141,28 @@ class Store:
         self,
         groups: list[tuple[list[NewRecord], list[Move]]],
         updates: list[tuple[str, dict[str, str]]] | None = None,
-    ) -> list[list[str]]:
+    ) -> list[Answer]:
         """Several creations (in order: each group's moves, then its records) and kwargs
         updates, all in one MULTI/EXEC. Returns the adopt answers in order."""
-        ttl_args = self._ttl_args()
 
-        async def attempt() -> list[list[str]]:
+        async def attempt() -> list[Answer]:
             pipe = self.redis.pipeline(transaction=True)
             is_move: list[bool] = []
             for records, moves in groups:
                 for old, new, parent, owner in moves:
-                    pipe.evalsha(self._sha["adopt"], 2, old, new, *ttl_args, parent, owner)
+                    args = self._script_args([old, new], [parent, owner])
+                    pipe.evalsha(self._sha["adopt"], 4, *args)
                     is_move.append(True)
                 for rec in records:
                     pipe.hset(rec.key, mapping=_mapping(rec.fields))
-                    ttl_ms = self._active_ms(rec.fields.get("kind", "task"))
+                    ttl_ms = self._active_ms(rec.fields.get(Field.KIND, Kind.TASK))
                     pipe.pexpire(rec.key, ttl_ms)
                     is_move += [False, False, *self._write_members(pipe, rec, ttl_ms)]
             for key, fields in updates or []:
                 flat = [x for pair in fields.items() for x in pair]
-                pipe.evalsha(self._sha["update_kwargs"], 1, key, *ttl_args, *flat)
+                pipe.evalsha(self._sha["update_kwargs"], 3, *self._script_args([key], flat))
             results = await pipe.execute()
-            return [[_s(x) for x in r] for r, m in zip(results, is_move, strict=False) if m]
+            return [decode(r) for r, m in zip(results, is_move, strict=False) if m]
 
         async with self._guard():
             try:
@@ -145,14 +180,14 @@ class Store:
             for old, new in forward.items():
                 # A moved signature leaves a note, so keys handed out earlier still resolve;
                 # the note is short-lived (done TTL) so it never outlives the workflow.
-                pipe.delete(old, K.members(old), K.queue(old), K.finished(old))
+                pipe.delete(old, *K.sub_keys(old))
                 if new:
-                    pipe.hset(old, "moved", new)
+                    pipe.hset(old, Field.MOVED, new)
                     pipe.pexpire(old, int((self.ttl.task.done_ttl or self.ttl.done_ttl) * 1000))
             for rec in records:
                 pipe.delete(rec.key)
                 pipe.hset(rec.key, mapping=_mapping(rec.fields))
-                ttl_ms = self._active_ms(rec.fields.get("kind", "task"))
+                ttl_ms = self._active_ms(rec.fields.get(Field.KIND, Kind.TASK))
                 pipe.pexpire(rec.key, ttl_ms)
                 self._write_members(pipe, rec, ttl_ms)
             await pipe.execute()
@@ -173,7 +208,7 @@ class Store:
         async with self._guard():
             for _ in range(MAX_FORWARDS):
                 fields = _pairs_from_map(await self.redis.hgetall(key))
-                moved = fields.get("moved")
+                moved = fields.get(Field.MOVED)
                 if not moved:
                     return Record(key, fields) if fields else None
                 key = moved
@@ -205,86 +240,78 @@ class Store:
 
     async def update_kwargs(self, key: str, encoded: dict[str, str]) -> str:
         """Set bound kwargs; returns the key written (after following forwarding notes)."""
+        flat = [x for pair in encoded.items() for x in pair]
         for _ in range(MAX_FORWARDS):
-            flat = [x for pair in encoded.items() for x in pair]
-            answer = [_s(x) for x in await self._run("update_kwargs", [key], flat)]
-            if answer[0] == "ok":
+            answer = await self._run("update_kwargs", [key], flat)
+            if answer.verdict is Verdict.OK:
                 return key
-            if answer[0] == "missing":
+            if answer.verdict is Verdict.MISSING:
                 raise SignatureNotFoundError(key)
-            key = answer[1]
+            key = answer.detail[0]
         raise SignatureNotFoundError(key)
 
     # -- transitions --------------------------------------------------------------------------
 
-    async def start_task(
-        self, key: str, attempt: int, lease_ms: int, envelope: str
-    ) -> Record | str | list[Action]:
-        """Claim a task for running: its kwargs and model (a partial record) when it may run; the
-        actions of its finish when they may not all have been sent (replay them); else the reason
-        it may not run."""
-        answer = await self._run("start_task", [key], [attempt, lease_ms, envelope])
-        verdict = _s(answer[0])
-        if verdict == "replay":
-            return _outbox(answer[1])
-        if verdict != "run":
-            return verdict
-        return Record(key, _pairs(answer[1:]))
+    async def start_task(self, key: str, attempt: int, lease_ms: int, envelope: str) -> Answer:
+        """Claim a task for one attempt: V.RUN with its kwargs and model (``pairs()``), else why
+        this delivery may not run it."""
+        return await self._run("start_task", [key], [attempt, lease_ms, envelope])
 
-    async def finish(
-        self, key: str, outcome: str, value: str, message: str, outbox: bool = True
-    ) -> list[Action] | None:
-        """Record a task's final outcome; None when it was already finished (a duplicate).
-        ``outbox`` keeps the returned actions on the record until :meth:`sent`."""
-        answer = await self._run("finish", [key], [outcome, value, message, "1" if outbox else ""])
-        if _s(answer[0]) != "ok":
-            return None
-        return parse_actions([_s(x) for x in answer[1:]])
+    async def finish(self, key: str, outcome: str, value: str, message: str) -> Answer:
+        """Record a task's final outcome (V.SKIP when it was not running: a duplicate)."""
+        return await self._run("finish", [key], [outcome, value, message])
 
-    async def start_container(
-        self, key: str, message: str, ret: str, outbox: bool = True
-    ) -> list[Action] | str:
-        answer = await self._run("start_container", [key], [message, ret, "1" if outbox else ""])
-        if _s(answer[0]) == "replay":
-            return _outbox(answer[1])
-        if _s(answer[0]) != "ok":
-            return _s(answer[0])
-        return parse_actions([_s(x) for x in answer[1:]])
+    async def launch(self, key: str, envelope: str) -> Answer:
+        return await self._run("launch", [key], [envelope])
 
-    async def sent(self, key: str) -> None:
-        """Everything the last transition of ``key`` asked for has been sent."""
-        await self._run("sent", [key], [])
+    async def start_container(self, key: str, message: str, ret: str) -> Answer:
+        return await self._run("start_container", [key], [message, ret])
 
-    async def swarm_add(
-        self, key: str, member_keys: list[str], close: bool
-    ) -> list[Action] | tuple[str, ...]:
-        """Add members; their launches, or the reason the swarm refused them (e.g. 'closed')."""
-        answer = [
-            _s(x)
-            for x in await self._run("swarm_add", [key], ["close" if close else "", *member_keys])
-        ]
-        if answer[0] != "ok":
-            return tuple(answer)
-        return parse_actions(answer[1:])
+    async def swarm_add(self, key: str, member_keys: list[str], close: bool) -> Answer:
+        return await self._run("swarm_add", [key], ["close" if close else "", *member_keys])
 
-    async def control(self, key: str, action: str) -> list[Action] | tuple[str, ...]:
-        """Suspend, interrupt, resume or cancel; (reason, status[, own status]) when not allowed."""
-        answer = [_s(x) for x in await self._run("control", [key], [action])]
-        if answer[0] != "ok":
-            return tuple(answer[1:])
-        return parse_actions(answer[1:])
+    async def swarm_close(self, key: str) -> Answer:
+        return await self._run("swarm_close", [key], [])
 
-    async def swarm_close(self, key: str) -> list[Action] | None:
-        answer = await self._run("swarm_close", [key], [])
-        if _s(answer[0]) != "ok":
-            return None
-        return parse_actions([_s(x) for x in answer[1:]])
+    async def control(self, key: str, action: Control) -> Answer:
+        return await self._run("control", [key], [action.value])
 
-    async def heartbeat(self, key_list: list[str], lease_ms: int) -> int:
-        """Extend the lease of running tasks so no redelivery takes them over."""
+    async def watch(self, key: str) -> Answer:
+        """Ask for a done notice for ``key``; V.FINISHED with the record if it already ended."""
+        return await self._run("watch", [key], [])
+
+    async def heartbeat(self, key_list: list[str], lease_ms: int) -> list[str]:
+        """Extend the leases of running tasks; the status of each key, in order."""
         if not key_list:
-            return 0
-        return int(await self._run("heartbeat", key_list, [lease_ms]))
+            return []
+        return (await self._run("heartbeat", key_list, [lease_ms])).rest
+
+    async def recover(self, grace_ms: int, most: int) -> list[Action]:
+        """What to send again: queued messages unsent for ``grace_ms``, and tasks whose lease
+        ran out."""
+        return (await self._run("recover", [], [grace_ms, most])).actions()
+
+    async def claim_state(self, key: str) -> tuple[str, int, int, int]:
+        """(status, attempt, lease end ms, Redis time ms) of a signature."""
+        async with self._guard():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hmget(key, [Field.STATUS, Field.ATTEMPT])
+            pipe.zscore(self.keys.leases, key)
+            pipe.time()
+            (status, att), lease, (seconds, micros) = await pipe.execute()
+        now = int(seconds) * 1000 + int(micros) // 1000
+        return _s(status) if status else "", int(att or 0), int(lease or 0), now
+
+    async def release(self, key_list: list[str]) -> None:
+        """Drop the leases of runs this process lost with its event loop, so their next
+        delivery may take the claim over at once."""
+        if key_list:
+            async with self._guard():
+                await self.redis.zrem(self.keys.leases, *key_list)
+
+    async def outbox_size(self) -> int:
+        async with self._guard():
+            return int(await self.redis.zcard(self.keys.outbox))
 
     async def cached(self, owner: str, index: int) -> str | None:
         """The signature a durable task's earlier attempt created at ``index``, if any."""
@@ -297,8 +324,8 @@ class Store:
         async with self._guard():
             pipe = self.redis.pipeline(transaction=True)
             pipe.rpush(K.cache(owner), key)
-            pipe.pexpire(K.cache(owner), self._active_ms("task"))
-            pipe.hset(owner, "cache", "1")  # so the owner's TTL changes carry the cache along
+            pipe.pexpire(K.cache(owner), self._active_ms(Kind.TASK))
+            pipe.hset(owner, Field.CACHE, "1")  # so the owner's TTL changes carry the cache along
             await pipe.execute()
 
     # -- task registry ------------------------------------------------------------------------
@@ -317,10 +344,12 @@ def _pairs_from_map(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {_s(k): _s(v) for k, v in raw.items()}
 
 
-def _outbox(raw: Any) -> list[Action]:
-    return parse_actions([str(x) for x in json.loads(_s(raw))])
-
-
 def _mapping(fields: Mapping[str, str]) -> Any:
     # redis-py types HSET's mapping with an invariant key union; a str-keyed dict works fine.
     return dict(fields)
+
+
+def _ignore_result(task: asyncio.Task[Any]) -> None:
+    # A confirmation that could not be written only makes recovery send that message once more.
+    if not task.cancelled():
+        task.exception()

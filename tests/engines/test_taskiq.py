@@ -382,7 +382,7 @@ async def stuck_report(cluster: Cluster, mf: Mageflow, swarm: str, members: list
     counters = {k: fields.get(k) for k in ("st", "running", "nok", "nfail", "total")}
     records = await mf.store.load_many(members)
     waiting = {
-        r.key: {f: r.get(f) for f in ("st", "att", "lease")}
+        r.key: {f: r.get(f) for f in ("st", "att", "env")}
         for r in records
         if r is not None and r.status != SignatureStatus.DONE.value
     }
@@ -539,7 +539,8 @@ async def test_worker_runs_in_the_callers_event_loop(clusters: Callable[..., Clu
         await until(lambda: cluster.sync.hget(sig.key, "st") == "active", 10, "nap to start")
         await asyncio.sleep(1.2)  # beyond the 0.5 s lease: only heartbeats keep it alive
         seconds, micros = cluster.sync.time()
-        assert int(cluster.sync.hget(sig.key, "lease") or 0) > seconds * 1000 + micros // 1000
+        lease = cluster.sync.zscore(mf.keys.leases, sig.key)
+        assert int(lease or 0) > seconds * 1000 + micros // 1000
         assert await sig.aresult(timeout=30) == 3
     finally:
         stop.set()

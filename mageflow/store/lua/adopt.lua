@@ -1,19 +1,22 @@
 -- Move a pending leaf signature under another workflow's hash tag (it became a callback, step or
--- member of a new parent). KEYS[1] old key, KEYS[2] new key. ARGV[3] parent key or '', ARGV[4] owner.
--- Returns {'ok'}, or a reason the caller handles: 'missing', 'moved' <key>, 'owned', 'tree', 'busy'.
-local old, new = KEYS[1], KEYS[2]
-local f = redis.call('HMGET', old, 'st', 'moved', 'own', 'kind', 'ok', 'err')
-if f[2] then return {'moved', f[2]} end
-if not f[1] then return {'missing'} end
-if f[3] and f[3] ~= '' then return {'owned'} end
-if f[1] ~= 'pending' then return {'busy', f[1]} end
-if f[4] ~= 'task' or #decode_list(f[5]) > 0 or #decode_list(f[6]) > 0 then return {'tree'} end
+-- member of a new parent). KEYS[3] old key, KEYS[4] new key. ARGV[4] parent key or '', ARGV[5]
+-- owner. Answers V.OK, or what the caller handles: V.MISSING, V.MOVED key, V.OWNED, V.TREE,
+-- V.BUSY status (it started, or its message is queued).
+local old, new = KEYS[3], KEYS[4]
+local f = redis.call('HMGET', old, F.STATUS, F.MOVED, F.OWNER, F.KIND, F.SUCCESS, F.ERRORS, F.ENVELOPE)
+if f[2] then return answer(V.MOVED, f[2]) end
+if not f[1] then return answer(V.MISSING) end
+if f[3] and f[3] ~= '' then return answer(V.OWNED) end
+if f[1] ~= ST.PENDING or f[7] then return answer(V.BUSY, f[1]) end
+if (f[4] or KIND.TASK) ~= KIND.TASK or #decode_list(f[5]) > 0 or #decode_list(f[6]) > 0 then
+  return answer(V.TREE)
+end
 local fields = redis.call('HGETALL', old)
 redis.call('DEL', old)
 redis.call('HSET', new, unpack(fields))
-redis.call('HSET', new, 'parent', ARGV[3], 'own', ARGV[4])
+redis.call('HSET', new, F.PARENT, ARGV[4], F.OWNER, ARGV[5])
 expire(new, 'active')
 -- Leave a forwarding note so a key handed out earlier still resolves.
-redis.call('HSET', old, 'moved', new)
-redis.call('PEXPIRE', old, TTL.done.task)
-return {'ok'}
+redis.call('HSET', old, F.MOVED, new)
+redis.call('PEXPIRE', old, ttl_of('done', KIND.TASK))
+return answer(V.OK)

@@ -1,128 +1,128 @@
 -- Lifecycle control of a signature and, for chains and swarms, everything inside it.
--- KEYS[1] signature. ARGV[3] action: suspend | interrupt | resume | cancel.
--- Returns {'ok', actions...} or {'error', <reason>, <status>} with reason 'missing', 'invalid'
--- (not allowed from this status) or 'running' (suspend of a task that already runs).
+-- KEYS[3] signature. ARGV[4] action: suspend | interrupt | resume | cancel.
+-- Answers V.OK with actions, or a refusal: V.MISSING, V.INVALID status (not allowed from this
+-- status), V.RUNNING status (suspend of a task that already runs), V.ORPHAN status own-status.
 --   suspend   graceful: what has not started will not start; running tasks finish
 --   interrupt aggressive: running tasks are stopped too
 --   resume    sends again exactly what was stopped or parked; finished work is not redone
 --   cancel    stops everything for good and tells the parent container
-local root, action = KEYS[1], ARGV[3]
+local root, action = KEYS[3], ARGV[4]
 
 local function pause(key, to, depth)
   if depth > 64 then return end
-  local f = redis.call('HMGET', key, 'st', 'kind', 'run')
+  local f = redis.call('HMGET', key, F.STATUS, F.KIND, F.RUN_ID)
   local st = f[1]
-  if not st or TERMINAL[st] or st == 'interrupted' then return end
-  if f[2] == 'task' then
-    if st == 'active' then
-      if to == 'suspended' then return end
-      act('stop', key, f[3] or '', '')
+  if not st or TERMINAL[st] or st == ST.INTERRUPTED then return end
+  if (f[2] or KIND.TASK) == KIND.TASK then
+    if st == ST.ACTIVE then
+      if to == ST.SUSPENDED then return end
+      push(ACT.STOP, key, KIND.TASK, '', f[3] or '')
+      -- Stopped on purpose: not a lost holder, so recovery must not send it again.
+      redis.call('ZREM', LEASES, key)
     end
-    if st ~= to then redis.call('HSET', key, 'st', to, 'prev', st) end
+    if st ~= to then redis.call('HSET', key, F.STATUS, to, F.PREVIOUS, st) end
   else
-    if st ~= 'suspended' then redis.call('HSET', key, 'prev', st) end
-    redis.call('HSET', key, 'st', to)
+    if st ~= ST.SUSPENDED then redis.call('HSET', key, F.PREVIOUS, st) end
+    redis.call('HSET', key, F.STATUS, to)
     for _, child in ipairs(children(key)) do pause(child, to, depth + 1) end
   end
   expire(key, 'active')
 end
 
 -- A resumed chain looks at its current step, which may have ended while the chain was paused.
-local function reconcile_chain(chain)
-  local steps = decode_list(redis.call('HGET', chain, 'steps'))
-  local cur = tonumber(redis.call('HGET', chain, 'cur') or '0')
-  local step = steps[cur + 1]
+local function reconcile_chain(c)
+  local steps = decode_list(redis.call('HGET', c.key, F.STEPS))
+  local step = steps[c.cur + 1]
   if not step then return end
-  local s = redis.call('HMGET', step, 'st', 'res', 'error', 'msg')
-  if s[1] == 'done' then
-    if cur + 2 > #steps then
-      complete(chain, 'done', s[2], '')
+  local s = redis.call('HMGET', step, F.STATUS, F.RESULT, F.ERROR, F.FAILED_INPUT)
+  if s[1] == ST.DONE then
+    if c.cur + 2 > #steps then
+      complete(c.key, ST.DONE, s[2], '')
     else
-      redis.call('HSET', chain, 'cur', cur + 1)
-      local k2, outcome, value = chain_launch(chain, steps[cur + 2], '', s[2])
+      redis.call('HSET', c.key, F.CURRENT, c.cur + 1)
+      local k2, outcome, value = chain_launch(c.key, steps[c.cur + 2], '', s[2])
       if k2 then complete(k2, outcome, value, '') end
     end
-  elseif s[1] == 'failed' or s[1] == 'canceled' then
-    complete(chain, s[1], s[3] or CANCELED, s[4] or '')
+  elseif s[1] == ST.FAILED or s[1] == ST.CANCELED then
+    complete(c.key, s[1], s[3] or CANCELED, s[4] or '')
   end
 end
 
 local function resume(key, depth)
   if depth > 64 then return end
-  local f = redis.call('HMGET', key, 'st', 'kind', 'prev', 'env')
-  if f[1] ~= 'suspended' and f[1] ~= 'interrupted' then return end
+  local f = redis.call('HMGET', key, F.STATUS, F.KIND, F.PREVIOUS, F.ENVELOPE)
+  if f[1] ~= ST.SUSPENDED and f[1] ~= ST.INTERRUPTED then return end
   expire(key, 'active')
-  if f[2] == 'task' then
-    redis.call('HSET', key, 'st', 'pending')
-    redis.call('HDEL', key, 'prev', 'att', 'lease')
+  if (f[2] or KIND.TASK) == KIND.TASK then
+    redis.call('HSET', key, F.STATUS, ST.PENDING)
+    redis.call('HDEL', key, F.PREVIOUS, F.ATTEMPT)
     -- A task whose message already arrived (it ran, or was parked) gets it again; one whose
-    -- message is still on its way, or was never sent, runs when that happens.
-    if f[4] then act('relaunch', key, f[4], '') end
+    -- message was never sent runs when that happens.
+    if f[4] then deliver(key, f[4]) end
     return
   end
-  local prev = f[3] or 'active'
-  redis.call('HSET', key, 'st', prev)
-  redis.call('HDEL', key, 'prev')
+  local prev = f[3] or ST.ACTIVE
+  redis.call('HSET', key, F.STATUS, prev)
+  redis.call('HDEL', key, F.PREVIOUS)
   for _, child in ipairs(children(key)) do resume(child, depth + 1) end
-  local parked = redis.call('HMGET', key, 'parked', 'pin', 'pret')
-  if prev == 'pending' and parked[1] then
-    -- Its launch arrived while it was paused: start it now.
-    redis.call('HDEL', key, 'parked', 'pin', 'pret')
-    container_start(key, parked[2] or '', parked[3] or '')
+  if prev == ST.PENDING then
+    -- Its message arrived while it was paused: start it now.
+    if f[4] then deliver(key, f[4]) end
     return
   end
-  if prev ~= 'active' or redis.call('HGET', key, 'st') ~= 'active' then return end
-  if f[2] == 'chain' then
-    reconcile_chain(key)
+  local c = load_container(key)
+  if prev ~= ST.ACTIVE or c.st ~= ST.ACTIVE then return end
+  if c.kind == KIND.CHAIN then
+    reconcile_chain(c)
   else
-    local k2, outcome, value = swarm_settle(key, TOO_MANY_FAILURES)
+    local k2, outcome, value = swarm_settle(c, TOO_MANY_FAILURES)
     if k2 then complete(k2, outcome, value, '') end
   end
 end
 
-local f = redis.call('HMGET', root, 'st', 'kind', 'parent', 'own')
+local f = redis.call('HMGET', root, F.STATUS, F.KIND, F.PARENT, F.OWNER, F.ENVELOPE, F.RUN_ID)
 local st = f[1]
-if not st then return {'error', 'missing', ''} end
+if not st then return answer(V.MISSING) end
 -- A signature that has not run, under a container (at any depth) or an owner that already
--- finished, will never run: controlling it would only bring its keys back to life.
-if st == 'pending' or st == 'suspended' or st == 'interrupted' then
-  local owner = f[4] and f[4] ~= '' and redis.call('HGET', f[4], 'st')
-  if owner and TERMINAL[owner] and action ~= 'cancel' then return {'error', 'orphan', owner, st} end
+-- finished, will never run unless its message is parked on it (a callback fired while it was
+-- paused): controlling it would only bring its keys back to life.
+if (st == ST.PENDING or st == ST.SUSPENDED or st == ST.INTERRUPTED) and not f[5] then
+  local owner = f[4] and f[4] ~= '' and redis.call('HGET', f[4], F.STATUS)
+  if owner and TERMINAL[owner] and action ~= CTL.CANCEL then return answer(V.ORPHAN, owner, st) end
   local up, depth = f[3], 0
   while up and up ~= '' and depth < 64 do
-    local u = redis.call('HMGET', up, 'st', 'parent')
+    local u = redis.call('HMGET', up, F.STATUS, F.PARENT)
     if u[1] and TERMINAL[u[1]] then
-      if action ~= 'resume' then return {'error', 'orphan', u[1], st} end
+      if action ~= CTL.RESUME then return answer(V.ORPHAN, u[1], st) end
       -- Resuming it only takes it out of its paused status: nothing is sent, and its keys keep
       -- the done TTL they got when the container above ended.
       resume(root, 0)
       actions = {}
       expire_tree(root, 0, 'done')
-      return {'ok'}
+      return answer(V.OK)
     end
     up, depth = u[2], depth + 1
   end
 end
-if action == 'resume' then
-  if st ~= 'suspended' and st ~= 'interrupted' then return {'error', 'invalid', st} end
+if action == CTL.RESUME then
+  if st ~= ST.SUSPENDED and st ~= ST.INTERRUPTED then return answer(V.INVALID, st) end
   resume(root, 0)
 elseif TERMINAL[st] then
-  return {'error', 'invalid', st}
-elseif action == 'suspend' then
-  if f[2] == 'task' and st == 'active' then return {'error', 'running', st} end
-  pause(root, 'suspended', 0)
-elseif action == 'interrupt' then
-  pause(root, 'interrupted', 0)
-elseif action == 'cancel' then
-  if f[2] == 'task' and st == 'active' then
-    act('stop', root, redis.call('HGET', root, 'run') or '', '')
+  return answer(V.INVALID, st)
+elseif action == CTL.SUSPEND then
+  if (f[2] or KIND.TASK) == KIND.TASK and st == ST.ACTIVE then return answer(V.RUNNING, st) end
+  pause(root, ST.SUSPENDED, 0)
+elseif action == CTL.INTERRUPT then
+  pause(root, ST.INTERRUPTED, 0)
+elseif action == CTL.CANCEL then
+  if (f[2] or KIND.TASK) == KIND.TASK and st == ST.ACTIVE then
+    push(ACT.STOP, root, KIND.TASK, '', f[6] or '')
   end
-  redis.call('HSET', root, 'st', 'canceled')
+  redis.call('HSET', root, F.STATUS, ST.CANCELED)
   for _, child in ipairs(children(root)) do cancel_tree(child, 1) end
   -- Through the completion path, so the parent container learns of it.
-  complete(root, 'canceled', CANCELED, '')
+  complete(root, ST.CANCELED, CANCELED, '')
 else
-  return {'error', 'invalid', st}
+  return answer(V.INVALID, st)
 end
-table.insert(actions, 1, 'ok')
-return actions
+return answer(V.OK)

@@ -1,11 +1,8 @@
--- A task ended (after its last attempt). KEYS[1] signature.
--- ARGV[3] outcome ('done' | 'failed'), ARGV[4] result or error json, ARGV[5] the task's message json,
--- ARGV[6] '1' to keep the follow-ups in the record's outbox until they are sent.
--- Only the first finish of an active signature counts; duplicates return {'skip', status}.
-local key = KEYS[1]
-local st = redis.call('HGET', key, 'st')
-if st ~= 'active' then return {'skip', st or 'missing'} end
-complete(key, ARGV[3], ARGV[4], ARGV[5])
-if ARGV[6] == '1' then keep_actions(key) end
-table.insert(actions, 1, 'ok')
-return actions
+-- A task ended (after its last attempt). KEYS[3] signature. ARGV[4] outcome (done | failed),
+-- ARGV[5] result or error json, ARGV[6] the task's message json (for error callbacks).
+-- Only the first finish of an active signature counts; a duplicate answers V.SKIP, status.
+local key = KEYS[3]
+local st = redis.call('HGET', key, F.STATUS)
+if st ~= ST.ACTIVE then return answer(V.SKIP, st or V.MISSING) end
+complete(key, ARGV[4], ARGV[5], ARGV[6])
+return answer(V.OK)

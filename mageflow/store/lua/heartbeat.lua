@@ -1,12 +1,15 @@
--- Keep running tasks claimed: extend the lease (and TTL) of each KEYS[i] that is still active.
--- ARGV[3] lease (ms). Returns how many leases were extended.
-local until_ms = now_ms() + tonumber(ARGV[3])
-local n = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('HGET', key, 'st') == 'active' then
-    redis.call('HSET', key, 'lease', until_ms)
+-- Keep running tasks claimed: extend the lease (and TTLs) of each KEYS[3..] that is still
+-- active. ARGV[4] lease (ms). Answers V.OK and, in order, the status of each key (V.MISSING for
+-- one that is gone), so the caller can stop local runs that were canceled or interrupted.
+local until_ms = now_ms() + tonumber(ARGV[4])
+local statuses = {}
+for i = 3, #KEYS do
+  local key = KEYS[i]
+  local st = redis.call('HGET', key, F.STATUS)
+  if st == ST.ACTIVE then
+    redis.call('ZADD', LEASES, until_ms, key)
     keep_alive(key)
-    n = n + 1
   end
+  statuses[#statuses + 1] = st or V.MISSING
 end
-return n
+return answer_with(V.OK, '', '', '', statuses)

@@ -1,23 +1,30 @@
--- Shared prelude of every transition script (prepended at load time; Redis 6.2 has no functions).
--- Convention for every script: ARGV[1] = active TTLs (ms) and ARGV[2] = done TTLs (ms), each
--- "task,chain,swarm". Scripts return a flat list of actions, 6 strings each, for the Python side
--- to carry out after the state change has committed:
---   fire_ok  <cb key> <kind> <task> <return value json> ''
---   fire_err <cb key> <kind> <task> <failed message json> <error json>
---   launch   <key>    <kind> <task> <input json or ''>   <return value json or '' for none>
---   relaunch <key>    <kind> <task> <envelope json>      ''   (resume: send the same message again)
---   stop     <key>    <kind> <task> <run id or ''>        ''   (cancel the running task)
+-- Shared prelude of every transition script. Before it come the constants generated from
+-- store/schema.py and store/keys.py (F fields, ST statuses, KIND, ACT, V verdicts, SUB, SEG).
+-- Convention for every script:
+--   KEYS[1] the outbox index, KEYS[2] the lease index, KEYS[3..] the script's own keys;
+--   ARGV[1] active TTLs and ARGV[2] done TTLs (ms, "task,chain,swarm"); ARGV[3] outbox entries a
+--   sender has delivered (space separated, or ''); ARGV[4..] the script's own arguments.
+-- Every script answers {verdict, detail1, detail2, detail3, rest...}; the rest is a flat list of
+-- actions, 6 strings each (kind, key, target kind, task, payload, outbox entry), decoded by
+-- schema.Answer.
+local OUTBOX, LEASES = KEYS[1], KEYS[2]
+
 local function ttl_table(raw)
-  local t, kinds, i = {}, {'task', 'chain', 'swarm'}, 1
+  local t, kinds, i = {}, {KIND.TASK, KIND.CHAIN, KIND.SWARM}, 1
   for part in string.gmatch(raw, '[^,]+') do t[kinds[i]] = tonumber(part); i = i + 1 end
   return t
 end
 local TTL = {active = ttl_table(ARGV[1]), done = ttl_table(ARGV[2])}
-local TERMINAL = {done = true, failed = true, canceled = true}
 local CANCELED = '{"type":"Canceled","message":"canceled before it finished"}'
 local TOO_MANY_FAILURES = '{"type":"SwarmFailed","message":"stop_after_n_failures reached"}'
 local actions = {}
-local SWARM_SUBKEYS = {':members', ':queue', ':finished'}
+
+-- Outbox entries whose messages a durable engine has taken: they need no recovery any more.
+if ARGV[3] and ARGV[3] ~= '' then
+  local sent = {}
+  for entry in string.gmatch(ARGV[3], '%S+') do sent[#sent + 1] = entry end
+  redis.call('ZREM', OUTBOX, unpack(sent))
+end
 
 local NOW = nil
 local function now_ms()  -- one clock reading per script run is enough
@@ -28,21 +35,24 @@ local function now_ms()  -- one clock reading per script run is enough
   return NOW
 end
 
-local function act(verb, key, a, b)
-  local kt = redis.call('HMGET', key, 'kind', 'task')
+local function push(kind, key, target, task, payload, entry)
   local n = #actions
-  actions[n + 1] = verb
+  actions[n + 1] = kind
   actions[n + 2] = key
-  actions[n + 3] = kt[1] or ''
-  actions[n + 4] = kt[2] or ''
-  actions[n + 5] = a or ''
-  actions[n + 6] = b or ''
+  actions[n + 3] = target or KIND.TASK
+  actions[n + 4] = task or ''
+  actions[n + 5] = payload or ''
+  actions[n + 6] = entry or ''
 end
 
--- The outbox: what a transition asked for is kept on the record until the caller confirms it was
--- sent, so a worker that dies in between leaves it for the redelivered message to send again.
-local function keep_actions(key)
-  if #actions > 0 then redis.call('HSET', key, 'acts', cjson.encode(actions)) end
+local function answer_with(verdict, d1, d2, d3, rest)
+  local out = {verdict, d1 or '', d2 or '', d3 or ''}
+  for i = 1, #rest do out[#out + 1] = rest[i] end
+  return out
+end
+
+local function answer(verdict, d1, d2, d3)
+  return answer_with(verdict, d1, d2, d3, actions)
 end
 
 local function decode_list(raw)
@@ -50,23 +60,28 @@ local function decode_list(raw)
   return cjson.decode(raw)
 end
 
+local function ttl_of(phase, kind)
+  return TTL[phase][kind or KIND.TASK] or TTL[phase][KIND.TASK]
+end
+
 -- Set a signature's TTL for its phase ('active' or 'done'), sub-keys included.
 local function expire(key, phase)
-  local f = redis.call('HMGET', key, 'kind', 'cache')
-  local kind = f[1] or 'task'
-  local ttl = TTL[phase][kind] or TTL[phase]['task']
+  local f = redis.call('HMGET', key, F.KIND, F.CACHE)
+  local kind = f[1] or KIND.TASK
+  local ttl = ttl_of(phase, kind)
   redis.call('PEXPIRE', key, ttl)
-  if kind == 'swarm' then
-    for _, s in ipairs(SWARM_SUBKEYS) do redis.call('PEXPIRE', key .. s, ttl) end
+  if kind == KIND.SWARM then
+    redis.call('PEXPIRE', key .. SUB.MEMBERS, ttl)
+    redis.call('PEXPIRE', key .. SUB.QUEUE, ttl)
   end
   -- A durable task's retry cache lives exactly as long as the task.
-  if f[2] then redis.call('PEXPIRE', key .. ':cache', ttl) end
+  if f[2] then redis.call('PEXPIRE', key .. SUB.CACHE, ttl) end
 end
 
 -- Steps of a chain and members of a swarm.
 local function children(key)
-  local out = decode_list(redis.call('HGET', key, 'steps'))
-  for _, m in ipairs(redis.call('LRANGE', key .. ':members', 0, -1)) do out[#out + 1] = m end
+  local out = decode_list(redis.call('HGET', key, F.STEPS))
+  for _, m in ipairs(redis.call('LRANGE', key .. SUB.MEMBERS, 0, -1)) do out[#out + 1] = m end
   return out
 end
 
@@ -76,127 +91,167 @@ end
 local function expire_tree(key, depth, phase)
   if depth > 64 then return end
   -- Something still running (a callback fired earlier) sets its own TTL when it finishes.
-  if phase == 'done' and depth > 0 and redis.call('HGET', key, 'st') == 'active' then return end
-  expire(key, phase or 'done')
-  local f = redis.call('HMGET', key, 'ok', 'err')
+  if phase == 'done' and depth > 0 and redis.call('HGET', key, F.STATUS) == ST.ACTIVE then return end
+  expire(key, phase)
+  local f = redis.call('HMGET', key, F.SUCCESS, F.ERRORS)
   for i = 1, 2 do
     for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, depth + 1, phase) end
   end
   for _, child in ipairs(children(key)) do expire_tree(child, depth + 1, phase) end
 end
 
--- A container with work in flight is refreshed on every transition below it. What it still
--- waits for (its callbacks, later steps, queued members) must not expire either, but refreshing
--- that is O(size), so it runs at most once per quarter of the container's active TTL: those keys
--- always keep at least three quarters of it. Returns the container's parent.
+-- A container's state, read in one command; the swarm steps below change it in memory and
+-- save_counts writes the counters back in one command.
+local CONTAINER_FIELDS = {F.STATUS, F.KIND, F.PARENT, F.CURRENT, F.RUNNING, F.N_DONE, F.N_FAILED,
+  F.N_CANCELED, F.TOTAL, F.CLOSED, F.MAX_CONCURRENCY, F.FAIL_LIMIT, F.MEMBER_INPUT, F.MEMBER_RET,
+  F.TOUCHED}
+local function load_container(key)
+  local c = redis.call('HMGET', key, unpack(CONTAINER_FIELDS))
+  return {key = key, st = c[1], kind = c[2], parent = c[3], cur = tonumber(c[4] or '0'),
+          running = tonumber(c[5] or '0'), nok = tonumber(c[6] or '0'),
+          nfail = tonumber(c[7] or '0'), ncanc = tonumber(c[8] or '0'),
+          total = tonumber(c[9] or '0'), closed = c[10] == '1', maxc = tonumber(c[11] or '1'),
+          limit = tonumber(c[12] or ''), mi = c[13] or '', mr = c[14] or '',
+          touched = tonumber(c[15] or '0')}
+end
+
+local function save_counts(c)
+  redis.call('HSET', c.key, F.RUNNING, c.running, F.N_DONE, c.nok, F.N_FAILED, c.nfail,
+    F.N_CANCELED, c.ncanc)
+end
+
+-- A container with work in flight must not expire, nor may what it still waits for (its
+-- callbacks, later steps, queued members, finished children whose results it will read).
+-- Refreshing all that is O(size), so it runs at most once per quarter of the container's active
+-- TTL: those keys always keep at least three quarters of it.
 local function touch_container(c)
-  local f = redis.call('HMGET', c, 'kind', 'qtouch', 'ok', 'err', 'parent')
-  local ttl = TTL.active[f[1]] or TTL.active.task
-  redis.call('PEXPIRE', c, ttl)
+  local ttl = ttl_of('active', c.kind)
   local now = now_ms()
-  if f[2] and now - tonumber(f[2]) < ttl / 4 then return f[5] end
-  redis.call('HSET', c, 'qtouch', now)
-  expire(c, 'active')  -- with its sub-keys
-  for i = 3, 4 do
+  if now - c.touched < ttl / 4 then return end
+  c.touched = now
+  redis.call('HSET', c.key, F.TOUCHED, now)
+  expire(c.key, 'active')
+  local f = redis.call('HMGET', c.key, F.SUCCESS, F.ERRORS)
+  for i = 1, 2 do
     for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, 0, 'active') end
   end
-  -- Finished children too: the container reads their results when it completes.
-  for _, child in ipairs(children(c)) do
-    if not TERMINAL[redis.call('HGET', child, 'st') or 'done'] then
+  for _, child in ipairs(children(c.key)) do
+    if not TERMINAL[redis.call('HGET', child, F.STATUS) or ST.DONE] then
       expire_tree(child, 0, 'active')
     else
       expire(child, 'active')
     end
   end
-  return f[5]
 end
 
 -- A signature made progress: refresh it, its callbacks, and every container above it.
 local function keep_alive(key)
   expire(key, 'active')
-  local f = redis.call('HMGET', key, 'ok', 'err', 'parent')
+  local f = redis.call('HMGET', key, F.SUCCESS, F.ERRORS, F.PARENT)
   for i = 1, 2 do
     for _, cb in ipairs(decode_list(f[i])) do expire(cb, 'active') end
   end
   local parent, depth = f[3], 0
   while parent and parent ~= '' and depth < 64 do
-    parent = touch_container(parent)
-    depth = depth + 1
+    local c = load_container(parent)
+    if not c.st then return end
+    touch_container(c)
+    parent, depth = c.parent, depth + 1
   end
 end
 
 local function publish_done(key, outcome)
-  local ns, wf = string.match(key, '^(.*):sig:{([^}]*)}')
-  if ns then redis.call('PUBLISH', ns .. ':done:{' .. wf .. '}', key .. ' ' .. outcome) end
+  local ns, wf = string.match(key, '^(.*)' .. SEG.SIG .. '{([^}]*)}')
+  if ns then redis.call('PUBLISH', ns .. SEG.DONE .. '{' .. wf .. '}', key .. ' ' .. outcome) end
 end
 
--- Record a terminal outcome on one signature and queue its callbacks. Returns its parent's key
--- and {status, kind} (nil when it has none), read once here for complete().
+-- The JSON envelope a target receives, built from JSON parts (user data is never decoded here).
+local function envelope(key, input, ret, err)
+  local parts = {'{"sig":"', key, '","input":', (input and input ~= '') and input or '{}'}
+  if ret and ret ~= '' then parts[#parts + 1] = ',"ret":'; parts[#parts + 1] = ret end
+  if err and err ~= '' then parts[#parts + 1] = ',"error":'; parts[#parts + 1] = err end
+  parts[#parts + 1] = '}'
+  return table.concat(parts)
+end
+
+-- The outbox: queue `key`'s message. It is kept on the record and indexed in the outbox by this
+-- same script, so it is durable before anything is sent; the receiver's claim (or a durable
+-- engine's acceptance) drops the index entry, and recovery sends again what neither dropped.
+-- A paused target keeps the message for resume; a finished one never gets it.
+local function deliver(key, env)
+  local f = redis.call('HMGET', key, F.STATUS, F.KIND, F.TASK)
+  local st = f[1]
+  if not st or TERMINAL[st] or st == ST.ACTIVE then return end
+  if st == ST.SUSPENDED or st == ST.INTERRUPTED then
+    redis.call('HSET', key, F.ENVELOPE, env)
+    return
+  end
+  local entry = key .. '@' .. now_ms()
+  redis.call('HSET', key, F.ENVELOPE, env, F.OUTBOX_ENTRY, entry)
+  redis.call('ZADD', OUTBOX, now_ms(), entry)
+  push(ACT.DELIVER, key, f[2], f[3], env, entry)
+end
+
+-- Record a terminal outcome on one signature and queue its callbacks. Returns its parent's state
+-- (nil when it has none), read once here for complete().
 local function finalize(key, outcome, value, msg)
-  local field = (outcome == 'done') and 'res' or 'error'
-  redis.call('HSET', key, 'st', outcome, field, value, 'ts_f', now_ms())
-  -- The message kept for resume is of no use any more; without it most records fit Redis's
-  -- compact hash encoding (a third of the memory).
-  redis.call('HDEL', key, 'env', 'lease')
-  if outcome == 'failed' and msg ~= '' then redis.call('HSET', key, 'msg', msg) end
-  local f = redis.call('HMGET', key, 'ok', 'err', 'w')
+  local f = redis.call('HMGET', key, F.SUCCESS, F.ERRORS, F.WAITED, F.PARENT, F.KIND)
+  local field = (outcome == ST.DONE) and F.RESULT or F.ERROR
+  if outcome == ST.FAILED and msg ~= '' then
+    redis.call('HSET', key, F.STATUS, outcome, field, value, F.FINISHED, now_ms(), F.FAILED_INPUT, msg)
+  else
+    redis.call('HSET', key, F.STATUS, outcome, field, value, F.FINISHED, now_ms())
+  end
+  -- The queued message is of no use any more; without it most records fit Redis's compact hash
+  -- encoding.
+  redis.call('HDEL', key, F.ENVELOPE, F.OUTBOX_ENTRY)
+  if (f[5] or KIND.TASK) == KIND.TASK then redis.call('ZREM', LEASES, key) end
   local fire, skip, skip2 = f[1], f[2], nil
-  if outcome == 'failed' then fire, skip = f[2], f[1] end
-  if outcome == 'canceled' then fire, skip, skip2 = nil, f[1], f[2] end
+  if outcome == ST.FAILED then fire, skip = f[2], f[1] end
+  if outcome == ST.CANCELED then fire, skip, skip2 = nil, f[1], f[2] end
   for _, cb in ipairs(decode_list(fire)) do
-    if outcome == 'done' then act('fire_ok', cb, value, '') else act('fire_err', cb, msg, value) end
+    if outcome == ST.DONE then
+      deliver(cb, envelope(cb, '', value, ''))
+    else
+      deliver(cb, envelope(cb, msg, '', value))
+    end
   end
   for _, cb in ipairs(decode_list(skip)) do expire_tree(cb, 0, 'done') end
   for _, cb in ipairs(decode_list(skip2)) do expire_tree(cb, 0, 'done') end
   if f[3] then publish_done(key, outcome) end
-  -- A child's result is read by its container when that completes, so it lives as long as the
-  -- container; a signature with no running parent takes the done TTL for its whole subtree.
-  local parent = redis.call('HGET', key, 'parent')
   local p = nil
-  if parent and parent ~= '' then p = redis.call('HMGET', parent, 'st', 'kind') end
-  if p and p[1] and not TERMINAL[p[1]] then
-    expire(key, 'active')
-  else
+  if f[4] and f[4] ~= '' then p = load_container(f[4]) end
+  -- Under a running container the record already lives as long as that container (see
+  -- touch_container); a signature with no running parent takes the done TTL for its subtree.
+  if not (p and p.st and not TERMINAL[p.st]) then
     expire(key, 'done')
     for _, child in ipairs(children(key)) do expire_tree(child, 1, 'done') end
   end
-  return parent, p
+  return p
 end
 
 local function swarm_results(swarm)
   local parts = {}
-  for i, m in ipairs(redis.call('LRANGE', swarm .. ':members', 0, -1)) do
-    local r = redis.call('HMGET', m, 'st', 'res', 'error')
-    if r[1] == 'done' then
+  for i, m in ipairs(redis.call('LRANGE', swarm .. SUB.MEMBERS, 0, -1)) do
+    local r = redis.call('HMGET', m, F.STATUS, F.RESULT, F.ERROR)
+    if r[1] == ST.DONE then
       parts[i] = r[2] or 'null'
     else
-      parts[i] = '{"$mageflow_failed":' .. (r[3] or ('{"type":"' .. (r[1] or 'missing') ..
+      parts[i] = '{"' .. FAILED_MARK .. '":' .. (r[3] or ('{"type":"' .. (r[1] or V.MISSING) ..
         '","message":"task did not finish","key":"' .. m .. '"}')) .. '}'
     end
   end
   return '[' .. table.concat(parts, ',') .. ']'
 end
 
-local function swarm_counts(swarm)
-  local c = redis.call('HMGET', swarm, 'running', 'nok', 'nfail', 'total', 'closed', 'maxc',
-    'limit', 'ncanc')
-  return {running = tonumber(c[1] or '0'), nok = tonumber(c[2] or '0'),
-          nfail = tonumber(c[3] or '0'), total = tonumber(c[4] or '0'), closed = c[5] == '1',
-          maxc = tonumber(c[6] or '1'), limit = tonumber(c[7] or ''),
-          ncanc = tonumber(c[8] or '0')}
-end
-
--- Start queued members while slots are free. Returns the updated counts.
-local function swarm_fill(swarm, c)
-  local sm = redis.call('HMGET', swarm, 'msg', 'ret')
+-- Start queued members while slots are free.
+local function swarm_fill(c)
   while c.running < c.maxc do
-    local nxt = redis.call('LPOP', swarm .. ':queue')
+    local nxt = redis.call('LPOP', c.key .. SUB.QUEUE)
     if not nxt then break end
-    c.running = redis.call('HINCRBY', swarm, 'running', 1)
-    expire(nxt, 'active')
-    act('launch', nxt, sm[1], sm[2])
+    c.running = c.running + 1
+    deliver(nxt, envelope(nxt, c.mi, c.mr, ''))
   end
-  return c
 end
 
 local function swarm_is_complete(c)
@@ -207,97 +262,98 @@ end
 -- told to stop, nothing fires.
 local function cancel_tree(key, depth)
   if depth > 64 then return end
-  local f = redis.call('HMGET', key, 'st', 'kind', 'run')
+  local f = redis.call('HMGET', key, F.STATUS, F.KIND, F.RUN_ID)
   if not f[1] or TERMINAL[f[1]] then return end
-  if f[2] == 'task' and f[1] == 'active' then act('stop', key, f[3] or '', '') end
-  redis.call('HSET', key, 'st', 'canceled')
+  if (f[2] or KIND.TASK) == KIND.TASK and f[1] == ST.ACTIVE then push(ACT.STOP, key, KIND.TASK, '', f[3] or '') end
+  redis.call('HSET', key, F.STATUS, ST.CANCELED)
   for _, child in ipairs(children(key)) do cancel_tree(child, depth + 1) end
-  finalize(key, 'canceled', CANCELED, '')
+  finalize(key, ST.CANCELED, CANCELED, '')
 end
 
 -- Too many failures: queued members never start, running ones (and all inside them) stop.
-local function swarm_abort(swarm)
-  redis.call('DEL', swarm .. ':queue')
-  for _, m in ipairs(redis.call('LRANGE', swarm .. ':members', 0, -1)) do cancel_tree(m, 1) end
-  redis.call('HSET', swarm, 'running', 0)
+local function swarm_abort(c)
+  redis.call('DEL', c.key .. SUB.QUEUE)
+  for _, m in ipairs(redis.call('LRANGE', c.key .. SUB.MEMBERS, 0, -1)) do cancel_tree(m, 1) end
+  c.running = 0
 end
 
--- Count a finished member once. A member still queued held no slot.
-local function swarm_count(swarm, member, outcome)
-  if redis.call('SADD', swarm .. ':finished', member) == 0 then return false end
-  touch_container(swarm)
+-- Count a finished member (each member finishes once: finalize runs once per record).
+local function swarm_count(c, member, outcome)
   -- Only a member canceled while it waited can still be queued (it held no slot); looking for
   -- it is O(queue), so only that case looks.
-  if outcome ~= 'canceled' or redis.call('LREM', swarm .. ':queue', 1, member) == 0 then
-    redis.call('HINCRBY', swarm, 'running', -1)
+  if outcome ~= ST.CANCELED or redis.call('LREM', c.key .. SUB.QUEUE, 1, member) == 0 then
+    c.running = c.running - 1
   end
-  local field = 'nfail'
-  if outcome == 'done' then field = 'nok' elseif outcome == 'canceled' then field = 'ncanc' end
-  redis.call('HINCRBY', swarm, field, 1)
-  return true
+  if outcome == ST.DONE then c.nok = c.nok + 1
+  elseif outcome == ST.CANCELED then c.ncanc = c.ncanc + 1
+  else c.nfail = c.nfail + 1 end
 end
 
--- After a running swarm's counts changed: fail it, fill free slots, or complete it.
-local function swarm_settle(swarm, value)
-  local c = swarm_counts(swarm)
+-- After a running swarm's counts changed: fail it, fill free slots, or complete it. Saves the
+-- counts; returns what the swarm itself came to, if it ended.
+local function swarm_settle(c, value)
   if c.limit and c.nfail >= c.limit then
-    swarm_abort(swarm)
-    return swarm, 'failed', value
+    swarm_abort(c)
+    save_counts(c)
+    return c.key, ST.FAILED, value
   end
-  c = swarm_fill(swarm, c)
-  if swarm_is_complete(c) then return swarm, 'done', swarm_results(swarm) end
+  swarm_fill(c)
+  save_counts(c)
+  if swarm_is_complete(c) then return c.key, ST.DONE, swarm_results(c.key) end
   return nil
 end
 
-local function swarm_member_done(swarm, member, outcome, value)
-  if not swarm_count(swarm, member, outcome) then return nil end
-  return swarm_settle(swarm, value)
+local function swarm_member_done(c, member, outcome, value)
+  touch_container(c)
+  swarm_count(c, member, outcome)
+  return swarm_settle(c, value)
 end
 
--- Launch a chain's next step, unless it was canceled before its turn: then the chain cannot run
--- as planned and is canceled too (returned for the cascade).
+-- Launch a chain's step, unless it was canceled before its turn: then the chain cannot run as
+-- planned and is canceled too (returned for the cascade).
 local function chain_launch(chain, step, input, ret)
-  local st = redis.call('HGET', step, 'st')
-  if st == 'canceled' or not st then
+  local st = redis.call('HGET', step, F.STATUS)
+  if st == ST.CANCELED or not st then
     for _, s in ipairs(children(chain)) do
-      if not TERMINAL[redis.call('HGET', s, 'st') or 'canceled'] then expire_tree(s, 0, 'done') end
+      if not TERMINAL[redis.call('HGET', s, F.STATUS) or ST.CANCELED] then expire_tree(s, 0, 'done') end
     end
-    return chain, 'canceled', CANCELED
+    return chain, ST.CANCELED, CANCELED
   end
-  expire(step, 'active')
-  act('launch', step, input, ret)
+  deliver(step, envelope(step, input, ret, ''))
   return nil
 end
 
-local function chain_step_done(chain, step, outcome, value)
-  touch_container(chain)
-  local steps = decode_list(redis.call('HGET', chain, 'steps'))
-  local cur = tonumber(redis.call('HGET', chain, 'cur') or '0')
-  if steps[cur + 1] ~= step then return nil end
-  if outcome ~= 'done' then
-    for i = cur + 2, #steps do expire_tree(steps[i], 0, 'done') end
-    return chain, outcome, value
+local function chain_step_done(c, step, outcome, value)
+  touch_container(c)
+  local steps = decode_list(redis.call('HGET', c.key, F.STEPS))
+  if steps[c.cur + 1] ~= step then return nil end
+  if outcome ~= ST.DONE then
+    for i = c.cur + 2, #steps do expire_tree(steps[i], 0, 'done') end
+    return c.key, outcome, value
   end
-  if cur + 2 > #steps then return chain, 'done', value end
-  redis.call('HSET', chain, 'cur', cur + 1)
-  return chain_launch(chain, steps[cur + 2], '', value)
+  if c.cur + 2 > #steps then return c.key, ST.DONE, value end
+  redis.call('HSET', c.key, F.CURRENT, c.cur + 1)
+  return chain_launch(c.key, steps[c.cur + 2], '', value)
 end
 
 -- The one completion path: finish `key`, then walk up through the containers it completes.
 local function complete(key, outcome, value, msg)
   while key do
-    local parent, p = finalize(key, outcome, value, msg)
-    if not p then return end
-    if p[1] == 'active' then
-      if p[2] == 'chain' then
-        key, outcome, value = chain_step_done(parent, key, outcome, value)
+    local p = finalize(key, outcome, value, msg)
+    if not p or not p.st then return end
+    if p.st == ST.ACTIVE then
+      if p.kind == KIND.CHAIN then
+        key, outcome, value = chain_step_done(p, key, outcome, value)
       else
-        key, outcome, value = swarm_member_done(parent, key, outcome, value)
+        key, outcome, value = swarm_member_done(p, key, outcome, value)
       end
     else
       -- A paused swarm still counts its members (resume acts on the counts); a paused chain
       -- looks at its current step when resumed; a finished parent ignores late children.
-      if p[2] == 'swarm' and p[1] and not TERMINAL[p[1]] then swarm_count(parent, key, outcome) end
+      if p.kind == KIND.SWARM and not TERMINAL[p.st] then
+        swarm_count(p, key, outcome)
+        save_counts(p)
+      end
       return
     end
   end
@@ -305,19 +361,21 @@ end
 
 -- A chain launches its first step; a swarm fills its slots from the queue.
 local function container_start(key, input, ret)
-  redis.call('HSET', key, 'st', 'active', 'ts_s', now_ms())
+  redis.call('HSET', key, F.STATUS, ST.ACTIVE, F.STARTED, now_ms())
   keep_alive(key)
-  if redis.call('HGET', key, 'kind') == 'chain' then
-    local steps = decode_list(redis.call('HGET', key, 'steps'))
+  local c = load_container(key)
+  if c.kind == KIND.CHAIN then
+    local steps = decode_list(redis.call('HGET', key, F.STEPS))
     if #steps == 0 then
-      complete(key, 'done', 'null', input)
+      complete(key, ST.DONE, 'null', input)
     else
       local k2, outcome, value = chain_launch(key, steps[1], input, ret)
       if k2 then complete(k2, outcome, value, '') end
     end
   else
-    redis.call('HSET', key, 'msg', input, 'ret', ret)
-    local k2, outcome, value = swarm_settle(key, '')
+    redis.call('HSET', key, F.MEMBER_INPUT, input, F.MEMBER_RET, ret)
+    c.mi, c.mr = input, ret
+    local k2, outcome, value = swarm_settle(c, '')
     if k2 then complete(k2, outcome, value, input) end
   end
 end

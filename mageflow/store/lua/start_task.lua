@@ -1,37 +1,40 @@
--- A worker received a task message. Decide whether to run it, atomically.
--- KEYS[1] signature. ARGV[3] attempt number, ARGV[4] lease (ms), ARGV[5] the message envelope json
--- (kept on the signature, so resume can send the same message again).
--- Returns {'run', <kwarg and model fields...>}, {'replay', <outbox json>} or {<reason>}: 'busy' (a live worker holds it), 'missing', or the
--- status that forbids running (done, failed, canceled, suspended, interrupted).
-local key = KEYS[1]
-local st = redis.call('HGET', key, 'st')
-if not st then return {'missing'} end
-local now = now_ms()
-local attempt = tonumber(ARGV[3])
-if st == 'active' then
-  local cur = redis.call('HMGET', key, 'att', 'lease')
-  -- Same attempt while its holder's lease is live: a duplicate delivery. A later attempt (retry) or
-  -- an expired lease (the holder died) may take over.
-  if attempt <= tonumber(cur[1] or '0') and now < tonumber(cur[2] or '0') then return {'busy'} end
-elseif st ~= 'pending' then
-  -- Paused: park the message for resume.
-  if st == 'suspended' or st == 'interrupted' then redis.call('HSET', key, 'env', ARGV[5]) end
-  -- Finished, but what its finish asked for may not have gone out (the worker died): again.
-  local acts = redis.call('HGET', key, 'acts')
-  if acts then return {'replay', acts} end
-  return {st}
-end
-redis.call('HSET', key, 'st', 'active', 'att', attempt, 'lease', now + tonumber(ARGV[4]),
-  'ts_s', now, 'env', ARGV[5])
-keep_alive(key)
--- What the run needs: its bound kwargs and any model override (not the whole record).
-local out = {'run'}
+-- A worker received a task message: decide whether this delivery runs it, atomically.
+-- KEYS[3] signature. ARGV[4] attempt number, ARGV[5] lease (ms), ARGV[6] the message envelope.
+-- Answers V.RUN with the kwarg and model fields the run needs; V.BUSY (a live holder runs this
+-- attempt); V.MISSING; or V.STATUS with the status that forbids running (a paused signature
+-- keeps the message for resume).
+local key = KEYS[3]
 local all = redis.call('HGETALL', key)
+if #all == 0 then return answer(V.MISSING) end
+local rec, out = {}, {}
 for i = 1, #all, 2 do
   local name = all[i]
-  if string.sub(name, 1, 2) == 'k:' or name == 'model' then
+  rec[name] = all[i + 1]
+  if string.sub(name, 1, #KWARG_PREFIX) == KWARG_PREFIX or name == F.MODEL then
     out[#out + 1] = name
     out[#out + 1] = all[i + 1]
   end
 end
-return out
+local st = rec[F.STATUS]
+if rec[F.MOVED] then return answer(V.MOVED, rec[F.MOVED]) end
+local now, attempt = now_ms(), tonumber(ARGV[4])
+if st == ST.ACTIVE then
+  -- The same attempt while its holder's lease is live is a duplicate delivery. A later attempt
+  -- (a retry) or an expired lease (the holder died) takes over.
+  local lease = tonumber(redis.call('ZSCORE', LEASES, key) or '0')
+  if attempt <= tonumber(rec[F.ATTEMPT] or '0') and now < lease then return answer(V.BUSY) end
+elseif st ~= ST.PENDING then
+  if (st == ST.SUSPENDED or st == ST.INTERRUPTED) and not rec[F.ENVELOPE] then
+    redis.call('HSET', key, F.ENVELOPE, ARGV[6])
+  end
+  return answer(V.STATUS, st)
+end
+-- The claim is the delivery's receipt: the outbox entry is done with.
+if rec[F.OUTBOX_ENTRY] then redis.call('ZREM', OUTBOX, rec[F.OUTBOX_ENTRY]) end
+if rec[F.ENVELOPE] then
+  redis.call('HSET', key, F.STATUS, ST.ACTIVE, F.ATTEMPT, attempt, F.STARTED, now)
+else  -- sent by something other than a transition (a test, a mock run): keep it for recovery
+  redis.call('HSET', key, F.STATUS, ST.ACTIVE, F.ATTEMPT, attempt, F.STARTED, now, F.ENVELOPE, ARGV[6])
+end
+redis.call('ZADD', LEASES, now + tonumber(ARGV[5]), key)
+return answer_with(V.RUN, '', '', '', out)

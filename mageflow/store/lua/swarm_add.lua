@@ -1,25 +1,28 @@
--- Add members (already written, with parent = this swarm) to a swarm. KEYS[1] swarm.
--- ARGV[3] 'close' to close the swarm in the same step, or ''; ARGV[4..] member keys in order.
--- Returns {'closed'}, {'full', limit}, {'missing'} or {'finished', status} (nothing added; the
--- caller removes what it created for the add), else {'ok', actions...}.
-local key = KEYS[1]
-local f = redis.call('HMGET', key, 'st', 'closed', 'total', 'maxtasks')
-local n = #ARGV - 3
-if not f[1] then return {'missing'} end
-if f[2] == '1' then return {'closed'} end
-if TERMINAL[f[1]] then return {'finished', f[1]} end
-local limit = tonumber(f[4] or '')
-if limit and tonumber(f[3] or '0') + n > limit then return {'full', tostring(limit)} end
-for i = 4, #ARGV do
-  redis.call('RPUSH', key .. ':members', ARGV[i])
-  redis.call('RPUSH', key .. ':queue', ARGV[i])
+-- Add members (already written, with parent = this swarm) to a swarm. KEYS[3] swarm.
+-- ARGV[4] 'close' to close the swarm in the same step, or ''; ARGV[5..] member keys in order.
+-- Refusals (nothing added; the caller removes what it created): V.CLOSED, V.FULL limit,
+-- V.MISSING, V.FINISHED status.
+local key = KEYS[3]
+local c = load_container(key)
+local n = #ARGV - 4
+if not c.st then return answer(V.MISSING) end
+if c.closed then return answer(V.CLOSED) end
+if TERMINAL[c.st] then return answer(V.FINISHED, c.st) end
+local limit = tonumber(redis.call('HGET', key, F.MAX_TASKS) or '')
+if limit and c.total + n > limit then return answer(V.FULL, tostring(limit)) end
+for i = 5, #ARGV do
+  redis.call('RPUSH', key .. SUB.MEMBERS, ARGV[i])
+  redis.call('RPUSH', key .. SUB.QUEUE, ARGV[i])
 end
-redis.call('HINCRBY', key, 'total', n)
-if ARGV[3] == 'close' then redis.call('HSET', key, 'closed', '1') end
+c.total = c.total + n
+redis.call('HSET', key, F.TOTAL, c.total)
+if ARGV[4] == 'close' then
+  redis.call('HSET', key, F.CLOSED, '1')
+  c.closed = true
+end
 expire(key, 'active')
-if f[1] == 'active' then
-  local k2, outcome, value = swarm_settle(key, '')
+if c.st == ST.ACTIVE then
+  local k2, outcome, value = swarm_settle(c, '')
   if k2 then complete(k2, outcome, value, '') end
 end
-table.insert(actions, 1, 'ok')
-return actions
+return answer(V.OK)

@@ -1,7 +1,8 @@
--- Set bound kwargs on an existing signature. ARGV[3..] field/json pairs (fields already 'k:<name>').
-local key = KEYS[1]
-local f = redis.call('HMGET', key, 'st', 'moved')
-if f[2] then return {'moved', f[2]} end
-if not f[1] then return {'missing'} end
-for i = 3, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
-return {'ok'}
+-- Set bound kwargs on an existing signature. KEYS[3] signature. ARGV[4..] field/json pairs
+-- (fields already 'k:<name>'). Answers V.OK, V.MOVED key or V.MISSING.
+local key = KEYS[3]
+local f = redis.call('HMGET', key, F.STATUS, F.MOVED)
+if f[2] then return answer(V.MOVED, f[2]) end
+if not f[1] then return answer(V.MISSING) end
+for i = 4, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+return answer(V.OK)

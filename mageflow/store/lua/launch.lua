@@ -1,0 +1,17 @@
+-- Start a signature with a message (aio_run_no_wait). KEYS[3] signature, ARGV[4] envelope json.
+-- A pending one is queued in the outbox; a paused one keeps the message for resume (V.PARKED);
+-- one started before answers V.LAUNCHED; else V.INVALID with its status, or V.MOVED, V.MISSING.
+local key = KEYS[3]
+local f = redis.call('HMGET', key, F.STATUS, F.ENVELOPE, F.MOVED)
+if f[3] then return answer(V.MOVED, f[3]) end
+if not f[1] then return answer(V.MISSING) end
+if f[2] then return answer(V.LAUNCHED, f[1]) end
+if f[1] == ST.PENDING then
+  deliver(key, ARGV[4])
+  return answer(V.OK)
+end
+if f[1] == ST.SUSPENDED or f[1] == ST.INTERRUPTED then
+  redis.call('HSET', key, F.ENVELOPE, ARGV[4])
+  return answer(V.PARKED, f[1])
+end
+return answer(V.INVALID, f[1])

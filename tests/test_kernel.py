@@ -1,0 +1,261 @@
+"""The durable transition path: every follow-up is in the outbox before it is sent, a failed send
+is retried or recovered, a paused signature keeps the message it would have got, and waiting is
+told by the store.
+
+Each test here names a defect the old design had; it fails on that design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import pytest
+import redis
+from pydantic import BaseModel
+
+from mageflow import (
+    DispatchError,
+    Mageflow,
+    MageflowConfig,
+    ReturnValue,
+    SignatureStatus,
+    SwarmConfig,
+)
+from mageflow.engines.inproc import InProcEngine
+from mageflow.envelope import Envelope
+from mageflow.store.schema import PLAN, KWARG_PREFIX, Field
+from mageflow.tasks import TaskDef
+
+S = SignatureStatus
+pytestmark = pytest.mark.timeout(60)
+
+
+class Log:
+    def __init__(self) -> None:
+        self.runs: Counter[str] = Counter()
+        self.got: dict[str, Any] = {}
+
+
+class Total(BaseModel):
+    value: Annotated[int, ReturnValue()]
+    tag: str
+
+
+def register(mf: Mageflow, log: Log) -> None:
+    @mf.task(name="work")
+    async def work(msg: dict[str, Any]) -> int:
+        log.runs[msg["name"]] += 1
+        await asyncio.sleep(msg.get("sleep", 0))
+        return int(msg.get("n", 0))
+
+    @mf.task(name="note")
+    async def note(msg: dict[str, Any]) -> None:
+        log.runs[msg["tag"]] += 1
+        log.got[msg["tag"]] = msg.get("results")
+
+    @mf.task(name="collect", input_validator=Total)
+    async def collect(msg: Total) -> None:
+        log.runs[msg.tag] += 1
+        log.got[msg.tag] = msg.value
+
+
+@pytest.fixture
+async def log(mf: Mageflow) -> AsyncIterator[Log]:
+    log = Log()
+    register(mf, log)
+    yield log
+
+
+async def eventually(check: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():  # noqa: ASYNC110 - a bounded wait on state other tasks change
+            await asyncio.sleep(0.01)
+
+
+# -- paused signatures keep their message -------------------------------------------------------
+
+
+async def test_a_suspended_success_callback_gets_the_result_on_resume(
+    mf: Mageflow, log: Log
+) -> None:
+    cb = await mf.sign("collect", tag="cb")
+    task = await mf.sign("work", name="t", n=41, success_callbacks=[cb])
+    await cb.suspend()
+    assert await task.aio_run({}) == 41
+    await mf.engine.join()
+    assert log.runs["cb"] == 0 and await cb.astatus() is S.SUSPENDED
+    await cb.resume()  # the old design raised: "what would start it already ended"
+    await cb.aresult(timeout=5)
+    assert log.got == {"cb": 41} and log.runs["cb"] == 1
+
+
+async def test_aio_run_no_wait_on_a_suspended_signature_parks_the_message(
+    mf: Mageflow, log: Log
+) -> None:
+    sig = await mf.sign("work", name="t")
+    await sig.suspend()
+    await sig.aio_run_no_wait({"n": 7})  # the old design raised InvalidTransitionError
+    await asyncio.sleep(0.05)
+    await mf.engine.join()
+    assert log.runs["t"] == 0 and await sig.astatus() is S.SUSPENDED
+    await sig.resume()
+    assert await sig.aresult(timeout=5) == 7
+    assert log.runs["t"] == 1
+
+
+async def test_a_suspended_chain_started_runs_with_its_message_on_resume(
+    mf: Mageflow, log: Log
+) -> None:
+    chain = await mf.chain([await mf.sign("work", name="a"), await mf.sign("collect", tag="b")])
+    await chain.suspend()
+    await chain.aio_run_no_wait({"n": 3})
+    await asyncio.sleep(0.05)
+    assert log.runs == {}
+    await chain.resume()
+    await chain.aresult(timeout=5)
+    assert log.got == {"b": 3}
+
+
+# -- follow-ups are durable before they are sent -----------------------------------------------
+
+
+class BrokenBroker(InProcEngine):
+    """An engine whose sends of the named tasks fail, as a broker that is down would."""
+
+    def __init__(self, failing: set[str]) -> None:
+        super().__init__()
+        self.failing = failing
+        self.refused: Counter[str] = Counter()
+
+    async def dispatch(self, task: TaskDef | str, envelope: Envelope) -> str | None:
+        name = task if isinstance(task, str) else task.name
+        if name in self.failing:
+            self.refused[name] += 1
+            raise ConnectionError(f"broker down for {name}")
+        return await super().dispatch(task, envelope)
+
+
+async def second_client(redis_url: str, namespace: str, log: Log) -> Mageflow:
+    """Another process of the same app: it recovers what the first one could not send."""
+    mf = Mageflow(None, redis_url, config=MageflowConfig(namespace=namespace, lease_seconds=0.3))
+    register(mf, log)
+    await mf.start()
+    return mf
+
+
+async def test_a_closed_swarm_callback_whose_send_failed_is_recovered(
+    redis_url: str, namespace: str, sync_redis: redis.Redis
+) -> None:
+    log = Log()
+    first = Mageflow(BrokenBroker({"note"}), redis_url, config=MageflowConfig(namespace=namespace))
+    register(first, log)
+    second: Mageflow | None = None
+    try:
+        swarm = await first.swarm(
+            [await first.sign("work", name="m", n=5)],
+            success_callbacks=[await first.sign("note", tag="swarm-ok")],
+        )
+        await swarm.aio_run_no_wait({})
+        await eventually(lambda: log.runs["m"] == 1)
+        await first.engine.join()
+        # Closing completes the swarm; its callback's send fails and the caller hears it.
+        with pytest.raises(DispatchError, match="sent again automatically"):
+            await swarm.close_swarm()
+        assert await swarm.astatus() is S.DONE
+        assert sync_redis.zcard(first.keys.outbox) == 1  # queued in the same step, durably
+        await first.close()  # this process ends before its own retries get through
+        second = await second_client(redis_url, namespace, log)
+        await eventually(lambda: log.runs["swarm-ok"] == 1)
+        await second.engine.join()
+        assert log.runs["swarm-ok"] == 1 and log.got["swarm-ok"] == [5]
+        assert sync_redis.zcard(first.keys.outbox) == 0
+    finally:
+        await first.close()
+        if second is not None:
+            await second.close()
+
+
+async def test_members_added_to_a_running_swarm_survive_a_failed_send(
+    redis_url: str, namespace: str
+) -> None:
+    log = Log()
+    engine = BrokenBroker(set())
+    first = Mageflow(engine, redis_url, config=MageflowConfig(namespace=namespace))
+    register(first, log)
+    second: Mageflow | None = None
+    try:
+        swarm = await first.swarm(
+            [await first.sign("work", name="m0", sleep=0.05)], config=SwarmConfig(max_concurrency=5)
+        )
+        await swarm.aio_run_no_wait({})
+        engine.failing.add("work")
+        with pytest.raises(DispatchError):
+            await swarm.add_tasks([await first.sign("work", name="m1", n=1)], close=True)
+        await first.close()
+        second = await second_client(redis_url, namespace, log)
+        assert await (await second.load_signature(swarm.key)).aresult(timeout=10) == [0, 1]
+        assert log.runs == {"m0": 1, "m1": 1}
+    finally:
+        await first.close()
+        if second is not None:
+            await second.close()
+
+
+async def test_a_resumed_task_whose_send_failed_is_retried_by_the_same_client(
+    mf: Mageflow, log: Log
+) -> None:
+    engine = mf.engine
+    assert isinstance(engine, InProcEngine)
+    sig = await mf.sign("work", name="t", n=2)
+    await sig.suspend()
+    await sig.aio_run_no_wait({})
+    real = engine.dispatch
+    fails = [1]
+
+    async def flaky(task: TaskDef | str, envelope: Envelope) -> str | None:
+        if fails:
+            fails.pop()
+            raise ConnectionError("broker blinked")
+        return await real(task, envelope)
+
+    engine.dispatch = flaky  # type: ignore[method-assign]
+    with pytest.raises(DispatchError):
+        await sig.resume()
+    assert await sig.aresult(timeout=5) == 2  # the sender's own retry got it through
+    assert log.runs["t"] == 1
+
+
+# -- waiting is told, not polled -----------------------------------------------------------------
+
+
+async def test_aresult_hears_of_the_end_without_polling(
+    mf: Mageflow, log: Log, redis_url: str, namespace: str
+) -> None:
+    sig = await mf.sign("work", name="t", sleep=0.6)
+    await sig.aio_run_no_wait({})  # not aio_run: the old design polled at 0.5/1/2/5 s here
+    started = time.monotonic()
+    assert await sig.aresult(timeout=10) == 0
+    # Told by the store: seen as soon as it ends (0.6 s), not at the next poll (1.5 s).
+    assert time.monotonic() - started < 1.2
+
+
+# -- the schema decides what a copy keeps ----------------------------------------------------------
+
+
+async def test_a_duplicate_keeps_the_plan_and_none_of_the_run(mf: Mageflow, log: Log) -> None:
+    cb = await mf.sign("collect", tag="cb")
+    sig = await mf.sign("work", name="t", n=4, success_callbacks=[cb])
+    assert await sig.aio_run({}) == 4
+    await mf.engine.join()
+    copy = await sig.aduplicate(n=6)
+    record = await mf.store.load(copy.key)
+    extra = {f for f in record.fields if f not in PLAN and not f.startswith(KWARG_PREFIX)}
+    assert extra == {Field.STATUS}, extra
+    assert record.status == S.PENDING
+    assert await copy.aio_run({}) == 6
+    await mf.engine.join()
+    assert log.runs == {"t": 2, "cb": 2} and log.got == {"cb": 6}
