@@ -21,6 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check mageflow tests
 	$(BIN)/ruff format --check mageflow tests
 	$(BIN)/mypy mageflow
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -31,20 +31,20 @@ from mageflow.store.records import Record
 from mageflow.store.redis_store import Store
 from mageflow.tasks import MageflowTask, TaskDef, TaskFunction, infer_validator, wants_context
 from mageflow.waiting import Notifier
+from mageflow.workspace import current, set_current
 
 log = logging.getLogger("mageflow")
-
-_current: Mageflow | None = None
 
 
 def current_client() -> Mageflow:
     """The most recently created client (what ``mageflow.sign(...)`` and friends use)."""
-    if _current is None:
+    found = current()
+    if not isinstance(found, Mageflow):
         raise ConfigurationError(
             "no mageflow client yet: create one first, e.g. mf = Mageflow() (in-process engine) "
             "or Mageflow(engine_client, redis_client)."
         )
-    return _current
+    return found
 
 
 class Mageflow:
@@ -62,7 +62,6 @@ class Mageflow:
         *,
         config: MageflowConfig | None = None,
     ) -> None:
-        global _current
         self.config = config or MageflowConfig()
         self.keys = KeySchema(self.config.namespace)
         self.engine: Engine = resolve_engine(engine_client)
@@ -78,7 +77,7 @@ class Mageflow:
         self._exit_hook = False
         self._owns_redis = False
         self._start_lock: asyncio.Lock | None = None
-        _current = self
+        set_current(self)
 
     # -- tasks ----------------------------------------------------------------------------------
 

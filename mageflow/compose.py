@@ -27,8 +27,8 @@ from mageflow.store.schema import Answer, Field, Kind, SignatureStatus, Verdict,
 from mageflow.tasks import remember_model
 
 if TYPE_CHECKING:
-    from mageflow.client import Mageflow
     from mageflow.signature import Signature
+    from mageflow.workspace import Workspace
 
 
 def new_fields(
@@ -51,7 +51,7 @@ def new_fields(
 class Plan:
     """Records and moves to write together in one MULTI/EXEC for a new parent signature."""
 
-    def __init__(self, client: Mageflow, wf: str) -> None:
+    def __init__(self, client: Workspace, wf: str) -> None:
         self.client = client
         self.wf = wf
         self.records: list[NewRecord] = []
@@ -115,7 +115,7 @@ class Plan:
 
 
 async def copy_tree(
-    client: Mageflow, old_root: str, new_root: str, parent: str, owner: str, *, move: bool
+    client: Workspace, old_root: str, new_root: str, parent: str, owner: str, *, move: bool
 ) -> None:
     """Write the subtree under ``old_root`` again at ``new_root``'s workflow.
 
@@ -171,7 +171,7 @@ def _rewrite(rec: Record, mapping: dict[str, str], *, fresh: bool) -> dict[str, 
 
 
 async def sign(
-    client: Mageflow,
+    client: Workspace,
     task: Any,
     *,
     success_callbacks: Sequence[Any] | None = None,
@@ -204,7 +204,7 @@ async def sign(
     return TaskSignature(client, Record(key, fields))
 
 
-def check_callbacks(client: Mageflow, callbacks: Sequence[Any]) -> None:
+def check_callbacks(client: Workspace, callbacks: Sequence[Any]) -> None:
     """Fail at sign time when a success callback's model has nowhere to put the result."""
     from mageflow.signature import Signature
 

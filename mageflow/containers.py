@@ -27,7 +27,7 @@ from mageflow.store.records import NewRecord, Record, kwarg_fields, loads
 from mageflow.store.schema import FAILED_MARK, Answer, Field, Kind, SignatureStatus, Verdict
 
 if TYPE_CHECKING:
-    from mageflow.client import Mageflow
+    from mageflow.workspace import Workspace
 
 
 def is_failed_result(value: Any) -> bool:
@@ -161,7 +161,7 @@ def _rejection(key: str, answer: Answer) -> Exception:
     return InvalidTransitionError(key, answer.detail[0] or answer.verdict.value, "add tasks to")
 
 
-async def _records(client: Mageflow, key_list: list[str]) -> list[Record]:
+async def _records(client: Workspace, key_list: list[str]) -> list[Record]:
     return [r for r in await client.store.load_many(key_list) if r is not None]
 
 
@@ -178,7 +178,7 @@ def _key_list(keys: list[str]) -> str:
 
 
 async def create_chain(
-    client: Mageflow,
+    client: Workspace,
     tasks: Sequence[Any],
     *,
     name: str | None,
@@ -204,7 +204,7 @@ async def create_chain(
 
 
 async def create_swarm(
-    client: Mageflow,
+    client: Workspace,
     tasks: Sequence[Any],
     *,
     name: str | None,

@@ -15,10 +15,10 @@ from mageflow.errors import InvalidTransitionError, SignatureNotFoundError, Task
 from mageflow.store.schema import Control, Verdict
 
 if TYPE_CHECKING:
-    from mageflow.client import Mageflow
+    from mageflow.workspace import Workspace
 
 
-async def control(client: Mageflow, key: str, action: Control | str) -> None:
+async def control(client: Workspace, key: str, action: Control | str) -> None:
     """Apply ``action`` to the signature under ``key``; typed errors when it is not allowed."""
     try:
         request = Control(action)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from mageflow.client import Mageflow
     from mageflow.compose import Plan
     from mageflow.signature import Signature
+    from mageflow.workspace import Workspace
 
 S = TypeVar("S", bound="Signature")
 
@@ -41,7 +41,7 @@ def exit_run(token: Any) -> None:
     _run.reset(token)
 
 
-async def durable(client: Mageflow, make: Callable[[], Awaitable[S]]) -> S:
+async def durable(client: Workspace, make: Callable[[], Awaitable[S]]) -> S:
     """Create a signature through ``make``, or inside a retried durable task reuse the one the
     earlier attempt created at the same position."""
     scope = _run.get()
@@ -54,7 +54,7 @@ async def durable(client: Mageflow, make: Callable[[], Awaitable[S]]) -> S:
         if record is not None:
             sig = client.handle(record)
             sig.replayed = True  # an earlier attempt may have started it already
-            return sig  # type: ignore[return-value]
+            return sig  # type: ignore[no-any-return, return-value, unused-ignore]
     sig = await make()
     await client.store.remember(scope.key, sig.key)
     return sig
@@ -75,7 +75,7 @@ def current_batch() -> Batch | None:
 
 
 @asynccontextmanager
-async def abounded_field(client: Mageflow | None = None) -> AsyncIterator[Batch]:
+async def abounded_field(client: Workspace | None = None) -> AsyncIterator[Batch]:
     """Collect signature writes made inside the block into one atomic write at its end.
 
     Signatures signed, chains and swarms built and kwargs updated inside the block are written
@@ -83,9 +83,12 @@ async def abounded_field(client: Mageflow | None = None) -> AsyncIterator[Batch]
     dispatched only after that write commits. If the block raises, nothing is written or sent.
     ``add_tasks`` on an existing swarm is not batched (it writes at once).
     """
-    from mageflow.client import current_client
+    from mageflow.errors import ConfigurationError
+    from mageflow.workspace import current
 
-    client = client or current_client()
+    client = client or current()
+    if client is None:
+        raise ConfigurationError("no mageflow client yet: create one first, e.g. mf = Mageflow()")
     await client.ensure_started()
     batch = Batch()
     token = _batch.set(batch)
@@ -96,7 +99,7 @@ async def abounded_field(client: Mageflow | None = None) -> AsyncIterator[Batch]
     await commit(client, batch)
 
 
-async def commit(client: Mageflow, batch: Batch) -> None:
+async def commit(client: Workspace, batch: Batch) -> None:
     groups = [
         (plan.records, [(sig.key, new, parent, owner) for sig, new, parent, owner in plan.moves])
         for plan in batch.plans

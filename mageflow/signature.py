@@ -24,7 +24,7 @@ from mageflow.store.records import Record, kwarg_fields, loads
 from mageflow.store.schema import Control, Field, Verdict
 
 if TYPE_CHECKING:
-    from mageflow.client import Mageflow
+    from mageflow.workspace import Workspace
 
 Message = BaseModel | dict[str, Any] | None
 
@@ -63,7 +63,7 @@ class Signature:
 
     kind = "task"
 
-    def __init__(self, client: Mageflow, record: Record) -> None:
+    def __init__(self, client: Workspace, record: Record) -> None:
         self.client = client
         self.key = record.key
         self._record = record

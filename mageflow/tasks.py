@@ -15,8 +15,8 @@ from mageflow.errors import ConfigurationError
 from mageflow.models.message import error_field, return_field
 
 if TYPE_CHECKING:
-    from mageflow.client import Mageflow
     from mageflow.signature import Signature
+    from mageflow.workspace import Workspace
 
 TaskFunction = Callable[..., Any]
 
@@ -116,7 +116,7 @@ class MageflowTask:
     ``await mf.sign(task)`` makes a signature.
     """
 
-    def __init__(self, definition: TaskDef, client: Mageflow, engine_task: Any = None) -> None:
+    def __init__(self, definition: TaskDef, client: Workspace, engine_task: Any = None) -> None:
         self.definition = definition
         self.client = client
         self.engine_task = engine_task

@@ -27,7 +27,7 @@ from mageflow import (
 )
 from mageflow.engines.inproc import InProcEngine
 from mageflow.envelope import Envelope
-from mageflow.store.schema import PLAN, KWARG_PREFIX, Field
+from mageflow.store.schema import KWARG_PREFIX, PLAN, Field
 from mageflow.tasks import TaskDef
 
 S = SignatureStatus

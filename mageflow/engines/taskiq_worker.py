@@ -36,10 +36,11 @@ from taskiq.message import TaskiqMessage
 from taskiq.receiver import Receiver
 from taskiq.utils import maybe_awaitable
 
-from mageflow.client import Mageflow
+from mageflow.engines.base import Engine
 from mageflow.engines.taskiq import TaskiqEngine
 from mageflow.engines.taskiq_streams import broker_warnings
 from mageflow.errors import ConfigurationError
+from mageflow.workspace import Workspace
 
 log = logging.getLogger("mageflow.worker")
 
@@ -81,7 +82,7 @@ class TaskiqWorker:
 
     def __init__(
         self,
-        client: Mageflow,
+        client: Workspace,
         concurrency: int = 100,
         shutdown_timeout: float = 30.0,
         max_prefetch: int = 0,
@@ -161,7 +162,14 @@ class TaskiqWorker:
 # -- one worker process ---------------------------------------------------------------------------
 
 
-def load_app(app: str) -> Mageflow:
+def _is_client(obj: Any) -> bool:
+    # Duck-typed: this module sits below the client and does not import it.
+    return isinstance(getattr(obj, "engine", None), Engine) and callable(
+        getattr(obj, "worker", None)
+    )
+
+
+def load_app(app: str) -> Workspace:
     """The client named by ``"module:attribute"`` (an attribute may also be a factory)."""
     module_name, sep, attr = app.partition(":")
     if not (sep and module_name and attr):
@@ -171,16 +179,16 @@ def load_app(app: str) -> Mageflow:
     obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
-    if callable(obj) and not isinstance(obj, Mageflow):
+    if callable(obj) and not _is_client(obj):
         obj = obj()
-    if not isinstance(obj, Mageflow):
+    if not _is_client(obj):
         raise ConfigurationError(f"{app} is a {type(obj).__name__}, not a Mageflow client")
     if not isinstance(obj.engine, TaskiqEngine):
         raise ConfigurationError(
             f"{app} does not run on Taskiq (engine {type(obj.engine).__name__}); build it as "
             "Mageflow(broker, redis) with a taskiq broker"
         )
-    return obj
+    return obj  # type: ignore[no-any-return]
 
 
 def serve(

@@ -268,7 +268,7 @@ class Store:
         return await self._run("start_container", [key], [message, ret])
 
     async def swarm_add(self, key: str, member_keys: list[str], close: bool) -> Answer:
-        return await self._run("swarm_add", [key], ["close" if close else "", *member_keys])
+        return await self._run("swarm_add", [key], ["1" if close else "", *member_keys])
 
     async def swarm_close(self, key: str) -> Answer:
         return await self._run("swarm_close", [key], [])

@@ -26,7 +26,7 @@ local function pause(key, to, depth)
     redis.call('HSET', key, F.STATUS, to)
     for _, child in ipairs(children(key)) do pause(child, to, depth + 1) end
   end
-  expire(key, 'active')
+  expire(key, LIVE)
 end
 
 -- A resumed chain looks at its current step, which may have ended while the chain was paused.
@@ -52,7 +52,7 @@ local function resume(key, depth)
   if depth > 64 then return end
   local f = redis.call('HMGET', key, F.STATUS, F.KIND, F.PREVIOUS, F.ENVELOPE)
   if f[1] ~= ST.SUSPENDED and f[1] ~= ST.INTERRUPTED then return end
-  expire(key, 'active')
+  expire(key, LIVE)
   if (f[2] or KIND.TASK) == KIND.TASK then
     redis.call('HSET', key, F.STATUS, ST.PENDING)
     redis.call('HDEL', key, F.PREVIOUS, F.ATTEMPT)
@@ -98,7 +98,7 @@ if (st == ST.PENDING or st == ST.SUSPENDED or st == ST.INTERRUPTED) and not f[5]
       -- the done TTL they got when the container above ended.
       resume(root, 0)
       actions = {}
-      expire_tree(root, 0, 'done')
+      expire_tree(root, 0, ENDED)
       return answer(V.OK)
     end
     up, depth = u[2], depth + 1

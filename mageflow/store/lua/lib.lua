@@ -14,7 +14,9 @@ local function ttl_table(raw)
   for part in string.gmatch(raw, '[^,]+') do t[kinds[i]] = tonumber(part); i = i + 1 end
   return t
 end
-local TTL = {active = ttl_table(ARGV[1]), done = ttl_table(ARGV[2])}
+-- TTL phases: LIVE while a signature may still run, ENDED once it never will.
+local LIVE, ENDED = 'live', 'ended'
+local TTL = {[LIVE] = ttl_table(ARGV[1]), [ENDED] = ttl_table(ARGV[2])}
 local CANCELED = '{"type":"Canceled","message":"canceled before it finished"}'
 local TOO_MANY_FAILURES = '{"type":"SwarmFailed","message":"stop_after_n_failures reached"}'
 local actions = {}
@@ -64,7 +66,7 @@ local function ttl_of(phase, kind)
   return TTL[phase][kind or KIND.TASK] or TTL[phase][KIND.TASK]
 end
 
--- Set a signature's TTL for its phase ('active' or 'done'), sub-keys included.
+-- Set a signature's TTL for its phase (LIVE or ENDED), sub-keys included.
 local function expire(key, phase)
   local f = redis.call('HMGET', key, F.KIND, F.CACHE)
   local kind = f[1] or KIND.TASK
@@ -85,13 +87,13 @@ local function children(key)
   return out
 end
 
--- A signature and everything under it (callbacks, steps, members) get one phase's TTL: 'done'
--- for what will never run (an unfired callback, a step after a failure), 'active' for what is
+-- A signature and everything under it (callbacks, steps, members) get one phase's TTL: ENDED
+-- for what will never run (an unfired callback, a step after a failure), LIVE for what is
 -- still waiting its turn.
 local function expire_tree(key, depth, phase)
   if depth > 64 then return end
   -- Something still running (a callback fired earlier) sets its own TTL when it finishes.
-  if phase == 'done' and depth > 0 and redis.call('HGET', key, F.STATUS) == ST.ACTIVE then return end
+  if phase == ENDED and depth > 0 and redis.call('HGET', key, F.STATUS) == ST.ACTIVE then return end
   expire(key, phase)
   local f = redis.call('HMGET', key, F.SUCCESS, F.ERRORS)
   for i = 1, 2 do
@@ -125,31 +127,31 @@ end
 -- Refreshing all that is O(size), so it runs at most once per quarter of the container's active
 -- TTL: those keys always keep at least three quarters of it.
 local function touch_container(c)
-  local ttl = ttl_of('active', c.kind)
+  local ttl = ttl_of(LIVE, c.kind)
   local now = now_ms()
   if now - c.touched < ttl / 4 then return end
   c.touched = now
   redis.call('HSET', c.key, F.TOUCHED, now)
-  expire(c.key, 'active')
+  expire(c.key, LIVE)
   local f = redis.call('HMGET', c.key, F.SUCCESS, F.ERRORS)
   for i = 1, 2 do
-    for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, 0, 'active') end
+    for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, 0, LIVE) end
   end
   for _, child in ipairs(children(c.key)) do
     if not TERMINAL[redis.call('HGET', child, F.STATUS) or ST.DONE] then
-      expire_tree(child, 0, 'active')
+      expire_tree(child, 0, LIVE)
     else
-      expire(child, 'active')
+      expire(child, LIVE)
     end
   end
 end
 
 -- A signature made progress: refresh it, its callbacks, and every container above it.
 local function keep_alive(key)
-  expire(key, 'active')
+  expire(key, LIVE)
   local f = redis.call('HMGET', key, F.SUCCESS, F.ERRORS, F.PARENT)
   for i = 1, 2 do
-    for _, cb in ipairs(decode_list(f[i])) do expire(cb, 'active') end
+    for _, cb in ipairs(decode_list(f[i])) do expire(cb, LIVE) end
   end
   local parent, depth = f[3], 0
   while parent and parent ~= '' and depth < 64 do
@@ -216,16 +218,16 @@ local function finalize(key, outcome, value, msg)
       deliver(cb, envelope(cb, msg, '', value))
     end
   end
-  for _, cb in ipairs(decode_list(skip)) do expire_tree(cb, 0, 'done') end
-  for _, cb in ipairs(decode_list(skip2)) do expire_tree(cb, 0, 'done') end
+  for _, cb in ipairs(decode_list(skip)) do expire_tree(cb, 0, ENDED) end
+  for _, cb in ipairs(decode_list(skip2)) do expire_tree(cb, 0, ENDED) end
   if f[3] then publish_done(key, outcome) end
   local p = nil
   if f[4] and f[4] ~= '' then p = load_container(f[4]) end
   -- Under a running container the record already lives as long as that container (see
   -- touch_container); a signature with no running parent takes the done TTL for its subtree.
   if not (p and p.st and not TERMINAL[p.st]) then
-    expire(key, 'done')
-    for _, child in ipairs(children(key)) do expire_tree(child, 1, 'done') end
+    expire(key, ENDED)
+    for _, child in ipairs(children(key)) do expire_tree(child, 1, ENDED) end
   end
   return p
 end
@@ -315,7 +317,7 @@ local function chain_launch(chain, step, input, ret)
   local st = redis.call('HGET', step, F.STATUS)
   if st == ST.CANCELED or not st then
     for _, s in ipairs(children(chain)) do
-      if not TERMINAL[redis.call('HGET', s, F.STATUS) or ST.CANCELED] then expire_tree(s, 0, 'done') end
+      if not TERMINAL[redis.call('HGET', s, F.STATUS) or ST.CANCELED] then expire_tree(s, 0, ENDED) end
     end
     return chain, ST.CANCELED, CANCELED
   end
@@ -328,7 +330,7 @@ local function chain_step_done(c, step, outcome, value)
   local steps = decode_list(redis.call('HGET', c.key, F.STEPS))
   if steps[c.cur + 1] ~= step then return nil end
   if outcome ~= ST.DONE then
-    for i = c.cur + 2, #steps do expire_tree(steps[i], 0, 'done') end
+    for i = c.cur + 2, #steps do expire_tree(steps[i], 0, ENDED) end
     return c.key, outcome, value
   end
   if c.cur + 2 > #steps then return c.key, ST.DONE, value end

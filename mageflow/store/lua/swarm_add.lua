@@ -1,5 +1,5 @@
 -- Add members (already written, with parent = this swarm) to a swarm. KEYS[3] swarm.
--- ARGV[4] 'close' to close the swarm in the same step, or ''; ARGV[5..] member keys in order.
+-- ARGV[4] '1' to close the swarm in the same step, or ''; ARGV[5..] member keys in order.
 -- Refusals (nothing added; the caller removes what it created): V.CLOSED, V.FULL limit,
 -- V.MISSING, V.FINISHED status.
 local key = KEYS[3]
@@ -16,11 +16,11 @@ for i = 5, #ARGV do
 end
 c.total = c.total + n
 redis.call('HSET', key, F.TOTAL, c.total)
-if ARGV[4] == 'close' then
+if ARGV[4] == '1' then
   redis.call('HSET', key, F.CLOSED, '1')
   c.closed = true
 end
-expire(key, 'active')
+expire(key, LIVE)
 if c.st == ST.ACTIVE then
   local k2, outcome, value = swarm_settle(c, '')
   if k2 then complete(k2, outcome, value, '') end
