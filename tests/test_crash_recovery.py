@@ -96,7 +96,7 @@ async def run_example(url: str, root: Box, refuse: set[int], die_at: int, drain:
         # The root may have ended before the crash with its callbacks still queued: recovery
         # sends those once they are a grace period old. Wait until nothing is queued or running.
         async with asyncio.timeout(15):
-            while await second.store.outbox_size() or second.engine.running_keys():
+            while await second.store.outbox_size() or second.engine.running_keys():  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         await second.engine.join()
         assert final.status == outcome(root), (final.status, final.get("error"))
