@@ -139,70 +139,76 @@ class BrokenBroker(InProcEngine):
         return await super().dispatch(task, envelope)
 
 
-async def second_client(redis_url: str, namespace: str, log: Log) -> Mageflow:
-    """Another process of the same app: it recovers what the first one could not send."""
-    mf = Mageflow(None, redis_url, config=MageflowConfig(namespace=namespace, lease_seconds=0.3))
-    register(mf, log)
-    await mf.start()
-    return mf
+class TwoProcesses:
+    """Two processes of the same app on one namespace: the first sends through ``engine`` and
+    ends; the second, started later, recovers what the first could not send."""
+
+    def __init__(self, redis_url: str, namespace: str, engine: BrokenBroker) -> None:
+        self.url, self.namespace, self.log = redis_url, namespace, Log()
+        self.first = Mageflow(engine, redis_url, config=MageflowConfig(namespace=namespace))
+        register(self.first, self.log)
+        self.second: Mageflow | None = None
+
+    async def start_second(self) -> Mageflow:
+        config = MageflowConfig(namespace=self.namespace, lease_seconds=0.3)
+        self.second = Mageflow(None, self.url, config=config)
+        register(self.second, self.log)
+        await self.second.start()
+        return self.second
+
+    async def close(self) -> None:
+        await self.first.close()
+        if self.second is not None:
+            await self.second.close()
+
+
+@pytest.fixture
+async def pair(redis_url: str, namespace: str) -> AsyncIterator[TwoProcesses]:
+    both = TwoProcesses(redis_url, namespace, BrokenBroker(set()))
+    yield both
+    await both.close()
 
 
 async def test_a_closed_swarm_callback_whose_send_failed_is_recovered(
-    redis_url: str, namespace: str, sync_redis: redis.Redis
+    pair: TwoProcesses, sync_redis: redis.Redis
 ) -> None:
-    log = Log()
-    first = Mageflow(BrokenBroker({"note"}), redis_url, config=MageflowConfig(namespace=namespace))
-    register(first, log)
-    second: Mageflow | None = None
-    try:
-        swarm = await first.swarm(
-            [await first.sign("work", name="m", n=5)],
-            success_callbacks=[await first.sign("note", tag="swarm-ok")],
-        )
-        await swarm.aio_run_no_wait({})
-        await eventually(lambda: log.runs["m"] == 1)
-        await first.engine.join()
-        # Closing completes the swarm; its callback's send fails and the caller hears it.
-        with pytest.raises(DispatchError, match="sent again automatically"):
-            await swarm.close_swarm()
-        assert await swarm.astatus() is S.DONE
-        assert sync_redis.zcard(first.keys.outbox) == 1  # queued in the same step, durably
-        await first.close()  # this process ends before its own retries get through
-        second = await second_client(redis_url, namespace, log)
-        await eventually(lambda: log.runs["swarm-ok"] == 1)
-        await second.engine.join()
-        assert log.runs["swarm-ok"] == 1 and log.got["swarm-ok"] == [5]
-        assert sync_redis.zcard(first.keys.outbox) == 0
-    finally:
-        await first.close()
-        if second is not None:
-            await second.close()
+    first, log = pair.first, pair.log
+    assert isinstance(first.engine, BrokenBroker)
+    first.engine.failing.add("note")
+    swarm = await first.swarm(
+        [await first.sign("work", name="m", n=5)],
+        success_callbacks=[await first.sign("note", tag="swarm-ok")],
+    )
+    await swarm.aio_run_no_wait({})
+    await eventually(lambda: log.runs["m"] == 1)
+    await first.engine.join()
+    # Closing completes the swarm; its callback's send fails and the caller hears it.
+    with pytest.raises(DispatchError, match="sent again automatically"):
+        await swarm.close_swarm()
+    assert await swarm.astatus() is S.DONE
+    assert sync_redis.zcard(first.keys.outbox) == 1  # queued in the same step, durably
+    await first.close()  # this process ends before its own retries get through
+    second = await pair.start_second()
+    await eventually(lambda: log.runs["swarm-ok"] == 1)
+    await second.engine.join()
+    assert log.runs["swarm-ok"] == 1 and log.got["swarm-ok"] == [5]
+    assert sync_redis.zcard(first.keys.outbox) == 0
 
 
-async def test_members_added_to_a_running_swarm_survive_a_failed_send(
-    redis_url: str, namespace: str
-) -> None:
-    log = Log()
-    engine = BrokenBroker(set())
-    first = Mageflow(engine, redis_url, config=MageflowConfig(namespace=namespace))
-    register(first, log)
-    second: Mageflow | None = None
-    try:
-        swarm = await first.swarm(
-            [await first.sign("work", name="m0", sleep=0.05)], config=SwarmConfig(max_concurrency=5)
-        )
-        await swarm.aio_run_no_wait({})
-        engine.failing.add("work")
-        with pytest.raises(DispatchError):
-            await swarm.add_tasks([await first.sign("work", name="m1", n=1)], close=True)
-        await first.close()
-        second = await second_client(redis_url, namespace, log)
-        assert await (await second.load_signature(swarm.key)).aresult(timeout=10) == [0, 1]
-        assert log.runs == {"m0": 1, "m1": 1}
-    finally:
-        await first.close()
-        if second is not None:
-            await second.close()
+async def test_members_added_to_a_running_swarm_survive_a_failed_send(pair: TwoProcesses) -> None:
+    first, log = pair.first, pair.log
+    assert isinstance(first.engine, BrokenBroker)
+    swarm = await first.swarm(
+        [await first.sign("work", name="m0", sleep=0.05)], config=SwarmConfig(max_concurrency=5)
+    )
+    await swarm.aio_run_no_wait({})
+    first.engine.failing.add("work")
+    with pytest.raises(DispatchError):
+        await swarm.add_tasks([await first.sign("work", name="m1", n=1)], close=True)
+    await first.close()
+    second = await pair.start_second()
+    assert await (await second.load_signature(swarm.key)).aresult(timeout=10) == [0, 1]
+    assert log.runs == {"m0": 1, "m1": 1}
 
 
 async def test_a_resumed_task_whose_send_failed_is_retried_by_the_same_client(
