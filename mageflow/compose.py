@@ -71,7 +71,10 @@ class Plan:
             NewRecord(
                 key,
                 new_fields(
-                    Kind.TASK, definition.name, {}, {Field.PARENT: parent, Field.OWNER: owner}
+                    Kind.TASK,
+                    definition.name,
+                    {},
+                    {Field.PARENT: parent, Field.OWNER: "" if owner == parent else owner},
                 ),
             )
         )
@@ -149,9 +152,16 @@ async def copy_tree(
     for old, rec in records.items():
         fields = _rewrite(rec, mapping, fresh=not move)
         if old == old_root:
-            fields[Field.PARENT], fields[Field.OWNER] = parent, owner
+            fields[Field.PARENT] = parent
+            fields.pop(Field.OWNER, None)
+            fields.update(_owner(owner, parent))
         out.append(NewRecord(mapping[old], fields, [mapping[m] for m in members.get(old, [])]))
     await client.store.write_raw(out, {old: mapping[old] for old in records} if move else {})
+
+
+def _owner(owner: str, parent: str) -> dict[str, str]:
+    """The owner field to store: a step's or member's owner is its parent, so it is not stored."""
+    return {Field.OWNER: owner} if owner and owner != parent else {}
 
 
 def _rewrite(rec: Record, mapping: dict[str, str], *, fresh: bool) -> dict[str, str]:
@@ -162,7 +172,8 @@ def _rewrite(rec: Record, mapping: dict[str, str], *, fresh: bool) -> dict[str, 
         if name in fields:
             fields[name] = json.dumps([mapping[k] for k in rec.key_list(name)])
     fields[Field.PARENT] = mapping.get(fields.get(Field.PARENT, ""), "")
-    fields[Field.OWNER] = mapping.get(fields.get(Field.OWNER, ""), "")
+    owner = mapping.get(fields.pop(Field.OWNER, ""), "")
+    fields.update(_owner(owner, fields[Field.PARENT]))
     fields.pop(Field.WAITED, None)
     if fresh:
         fields[Field.STATUS] = SignatureStatus.PENDING

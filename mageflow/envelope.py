@@ -32,9 +32,11 @@ class Envelope:
         return dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Envelope:
+    def from_dict(cls, data: dict[str, Any], sig: str = "") -> Envelope:
+        """``sig``: the signature key, for an envelope stored on its own record (those leave it
+        out); a ``sig`` in the data wins."""
         return cls(
-            sig=str(data["sig"]),
+            sig=str(data.get("sig") or sig),
             input=dict(data.get("input") or {}),
             ret=data.get("ret"),
             has_ret="ret" in data,
@@ -42,5 +44,5 @@ class Envelope:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> Envelope:
-        return cls.from_dict(loads(text))
+    def from_json(cls, text: str, sig: str = "") -> Envelope:
+        return cls.from_dict(loads(text), sig)

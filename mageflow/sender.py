@@ -95,7 +95,7 @@ class Sender:
         if action.kind is ActionKind.STOP:
             await self.engine.cancel(action.payload or action.key)
             return
-        envelope = Envelope.from_json(action.payload)
+        envelope = Envelope.from_json(action.payload, action.key)
         if action.target is Kind.TASK:
             run_id = await self.engine.dispatch(action.task, envelope)
             if run_id and run_id != action.key:

@@ -115,7 +115,7 @@ class World:
             key = ctx.signature_key
             if msg["dup"] and key not in self.duplicated:  # our message arrives once more
                 self.duplicated.add(key)
-                env = Envelope.from_json((await mf.store.load(key)).get("env"))
+                env = Envelope.from_json((await mf.store.load(key)).get("env"), key)
                 again = mf.runtime.run(mf.tasks["work"], env, ctx.attempt, ctx)
                 self.extra.append(asyncio.create_task(again))
             await asyncio.sleep(msg["sleep"])

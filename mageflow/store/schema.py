@@ -64,14 +64,14 @@ class Field(StrEnum):
     CLOSED = "closed"  # plan: '1' once a swarm takes no more members
     TOTAL = "total"  # plan: how many members a swarm has (its members list is copied too)
     PARENT = "parent"  # plan: the chain or swarm this signature is a step or member of
-    OWNER = "own"  # plan: the signature this is a callback of (or its parent)
+    OWNER = "own"  # plan: the signature this is a callback of (a step's or member's: its parent)
     CREATED = "ts_c"  # plan: creation time (ms); a copy gets its own
     # -- run: what happened ---------------------------------------------------------------------
     STATUS = "st"  # run: a SignatureStatus
     PREVIOUS = "prev"  # run: the status before a pause
     ATTEMPT = "att"  # run: the attempt that holds the claim (its lease is in the lease index)
     ENVELOPE = "env"  # run: the message this signature gets (queued, parked or running)
-    OUTBOX_ENTRY = "obx"  # run: its entry in the outbox index while its message is unsent
+    OUTBOX_ENTRY = "obx"  # run: while its message is unsent, <ms> of its outbox entry <key>@<ms>
     RUN_ID = "run"  # run: the engine's run id, when cancelling needs one
     RESULT = "res"  # run: the return value, JSON
     ERROR = "error"  # run: the TaskError, JSON

@@ -3,10 +3,11 @@
 -- owner. Answers V.OK, or what the caller handles: V.MISSING, V.MOVED key, V.OWNED, V.TREE,
 -- V.BUSY status (it started, or its message is queued).
 local old, new = KEYS[3], KEYS[4]
-local f = redis.call('HMGET', old, F.STATUS, F.MOVED, F.OWNER, F.KIND, F.SUCCESS, F.ERRORS, F.ENVELOPE)
+local f = redis.call('HMGET', old, F.STATUS, F.MOVED, F.OWNER, F.KIND, F.SUCCESS, F.ERRORS,
+  F.ENVELOPE, F.PARENT)
 if f[2] then return answer(V.MOVED, f[2]) end
 if not f[1] then return answer(V.MISSING) end
-if f[3] and f[3] ~= '' then return answer(V.OWNED) end
+if (f[3] and f[3] ~= '') or (f[8] and f[8] ~= '') then return answer(V.OWNED) end
 if f[1] ~= ST.PENDING or f[7] then return answer(V.BUSY, f[1]) end
 if (f[4] or KIND.TASK) ~= KIND.TASK or #decode_list(f[5]) > 0 or #decode_list(f[6]) > 0 then
   return answer(V.TREE)
@@ -14,7 +15,9 @@ end
 local fields = redis.call('HGETALL', old)
 redis.call('DEL', old)
 redis.call('HSET', new, unpack(fields))
-redis.call('HSET', new, F.PARENT, ARGV[4], F.OWNER, ARGV[5])
+redis.call('HSET', new, F.PARENT, ARGV[4])
+-- A step's or member's owner is its parent and is not stored (see schema.Field.OWNER).
+if ARGV[5] ~= ARGV[4] then redis.call('HSET', new, F.OWNER, ARGV[5]) end
 expire(new, LIVE)
 -- Leave a forwarding note so a key handed out earlier still resolves.
 redis.call('HSET', old, F.MOVED, new)

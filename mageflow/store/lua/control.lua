@@ -87,22 +87,25 @@ if not st then return answer(V.MISSING) end
 -- finished, will never run unless its message is parked on it (a callback fired while it was
 -- paused): controlling it would only bring its keys back to life.
 if (st == ST.PENDING or st == ST.SUSPENDED or st == ST.INTERRUPTED) and not f[5] then
+  local ended, by_owner = nil, false
   local owner = f[4] and f[4] ~= '' and redis.call('HGET', f[4], F.STATUS)
-  if owner and TERMINAL[owner] and action ~= CTL.CANCEL then return answer(V.ORPHAN, owner, st) end
+  if owner and TERMINAL[owner] then ended, by_owner = owner, true end
   local up, depth = f[3], 0
-  while up and up ~= '' and depth < 64 do
+  while not ended and up and up ~= '' and depth < 64 do
     local u = redis.call('HMGET', up, F.STATUS, F.PARENT)
-    if u[1] and TERMINAL[u[1]] then
-      if action ~= CTL.RESUME then return answer(V.ORPHAN, u[1], st) end
-      -- Resuming it only takes it out of its paused status: nothing is sent, and its keys keep
-      -- the done TTL they got when the container above ended.
-      resume(root, 0)
-      actions = {}
-      expire_tree(root, 0, ENDED)
-      return answer(V.OK)
-    end
+    if u[1] and TERMINAL[u[1]] then ended = u[1] end
     up, depth = u[2], depth + 1
   end
+  if ended and action == CTL.RESUME then
+    -- Resuming it only takes it out of its paused status: nothing is sent, and its keys keep
+    -- the done TTL they got when what was above it ended.
+    resume(root, 0)
+    actions = {}
+    expire_tree(root, 0, ENDED)
+    return answer(V.OK)
+  end
+  -- A callback whose owner ended may still be canceled; anything else is refused.
+  if ended and not (by_owner and action == CTL.CANCEL) then return answer(V.ORPHAN, ended, st) end
 end
 if action == CTL.RESUME then
   if st ~= ST.SUSPENDED and st ~= ST.INTERRUPTED then return answer(V.INVALID, st) end

@@ -66,10 +66,9 @@ local function ttl_of(phase, kind)
   return TTL[phase][kind or KIND.TASK] or TTL[phase][KIND.TASK]
 end
 
--- Set a signature's TTL for its phase (LIVE or ENDED), sub-keys included.
-local function expire(key, phase)
-  local f = redis.call('HMGET', key, F.KIND, F.CACHE)
-  local kind = f[1] or KIND.TASK
+-- Set a signature's TTL for its phase (LIVE or ENDED), sub-keys included. `kind` and `cache`
+-- are read when not given.
+local function set_ttl(key, phase, kind, cache)
   local ttl = ttl_of(phase, kind)
   redis.call('PEXPIRE', key, ttl)
   if kind == KIND.SWARM then
@@ -77,36 +76,56 @@ local function expire(key, phase)
     redis.call('PEXPIRE', key .. SUB.QUEUE, ttl)
   end
   -- A durable task's retry cache lives exactly as long as the task.
-  if f[2] then redis.call('PEXPIRE', key .. SUB.CACHE, ttl) end
+  if cache then redis.call('PEXPIRE', key .. SUB.CACHE, ttl) end
 end
 
--- Steps of a chain and members of a swarm.
-local function children(key)
-  local out = decode_list(redis.call('HGET', key, F.STEPS))
-  for _, m in ipairs(redis.call('LRANGE', key .. SUB.MEMBERS, 0, -1)) do out[#out + 1] = m end
+local function expire(key, phase)
+  local f = redis.call('HMGET', key, F.KIND, F.CACHE)
+  set_ttl(key, phase, f[1] or KIND.TASK, f[2])
+end
+
+-- Steps of a chain and members of a swarm (`steps` and `kind` when the caller read them).
+local function children(key, steps, kind)
+  if kind == nil then
+    local f = redis.call('HMGET', key, F.STEPS, F.KIND)
+    steps, kind = f[1], f[2]
+  elseif kind == KIND.CHAIN and steps == nil then
+    steps = redis.call('HGET', key, F.STEPS)
+  end
+  local out = decode_list(steps)
+  if kind == KIND.SWARM then
+    for _, m in ipairs(redis.call('LRANGE', key .. SUB.MEMBERS, 0, -1)) do out[#out + 1] = m end
+  end
   return out
 end
 
 -- A signature and everything under it (callbacks, steps, members) get one phase's TTL: ENDED
 -- for what will never run (an unfired callback, a step after a failure), LIVE for what is
--- still waiting its turn.
+-- still waiting its turn. One read per signature: a plain task costs two commands.
+local TREE_FIELDS = {F.STATUS, F.KIND, F.CACHE, F.SUCCESS, F.ERRORS, F.STEPS}
+-- Records a script already read with TREE_FIELDS in front (swarm_results), so a swarm that
+-- completes reads each member once for its result and its TTL.
+local seen = {}
 local function expire_tree(key, depth, phase)
   if depth > 64 then return end
+  local f = seen[key] or redis.call('HMGET', key, unpack(TREE_FIELDS))
   -- Something still running (a callback fired earlier) sets its own TTL when it finishes.
-  if phase == ENDED and depth > 0 and redis.call('HGET', key, F.STATUS) == ST.ACTIVE then return end
-  expire(key, phase)
-  local f = redis.call('HMGET', key, F.SUCCESS, F.ERRORS)
-  for i = 1, 2 do
+  if phase == ENDED and depth > 0 and f[1] == ST.ACTIVE then return end
+  local kind = f[2] or KIND.TASK
+  set_ttl(key, phase, kind, f[3])
+  for i = 4, 5 do
     for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, depth + 1, phase) end
   end
-  for _, child in ipairs(children(key)) do expire_tree(child, depth + 1, phase) end
+  if kind ~= KIND.TASK then
+    for _, child in ipairs(children(key, f[6], kind)) do expire_tree(child, depth + 1, phase) end
+  end
 end
 
 -- A container's state, read in one command; the swarm steps below change it in memory and
 -- save_counts writes the counters back in one command.
 local CONTAINER_FIELDS = {F.STATUS, F.KIND, F.PARENT, F.CURRENT, F.RUNNING, F.N_DONE, F.N_FAILED,
   F.N_CANCELED, F.TOTAL, F.CLOSED, F.MAX_CONCURRENCY, F.FAIL_LIMIT, F.MEMBER_INPUT, F.MEMBER_RET,
-  F.TOUCHED}
+  F.TOUCHED, F.CREATED}
 local function load_container(key)
   local c = redis.call('HMGET', key, unpack(CONTAINER_FIELDS))
   return {key = key, st = c[1], kind = c[2], parent = c[3], cur = tonumber(c[4] or '0'),
@@ -114,7 +133,8 @@ local function load_container(key)
           nfail = tonumber(c[7] or '0'), ncanc = tonumber(c[8] or '0'),
           total = tonumber(c[9] or '0'), closed = c[10] == '1', maxc = tonumber(c[11] or '1'),
           limit = tonumber(c[12] or ''), mi = c[13] or '', mr = c[14] or '',
-          touched = tonumber(c[15] or '0')}
+          -- Never touched: everything under it got its TTL when it was written, at creation.
+          touched = tonumber(c[15] or c[16] or '0')}
 end
 
 local function save_counts(c)
@@ -137,13 +157,7 @@ local function touch_container(c)
   for i = 1, 2 do
     for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, 0, LIVE) end
   end
-  for _, child in ipairs(children(c.key)) do
-    if not TERMINAL[redis.call('HGET', child, F.STATUS) or ST.DONE] then
-      expire_tree(child, 0, LIVE)
-    else
-      expire(child, LIVE)
-    end
-  end
+  for _, child in ipairs(children(c.key, nil, c.kind)) do expire_tree(child, 1, LIVE) end
 end
 
 -- A signature made progress: refresh it, its callbacks, and every container above it.
@@ -168,8 +182,10 @@ local function publish_done(key, outcome)
 end
 
 -- The JSON envelope a target receives, built from JSON parts (user data is never decoded here).
+-- It is stored on the target, so it leaves out the target's own key: a short envelope keeps the
+-- record in Redis's compact hash encoding (values up to 64 bytes), a third of the memory.
 local function envelope(key, input, ret, err)
-  local parts = {'{"sig":"', key, '","input":', (input and input ~= '') and input or '{}'}
+  local parts = {'{"input":', (input and input ~= '') and input or '{}'}
   if ret and ret ~= '' then parts[#parts + 1] = ',"ret":'; parts[#parts + 1] = ret end
   if err and err ~= '' then parts[#parts + 1] = ',"error":'; parts[#parts + 1] = err end
   parts[#parts + 1] = '}'
@@ -180,6 +196,10 @@ end
 -- same script, so it is durable before anything is sent; the receiver's claim (or a durable
 -- engine's acceptance) drops the index entry, and recovery sends again what neither dropped.
 -- A paused target keeps the message for resume; a finished one never gets it.
+local function outbox_entry(key, stamp)
+  return key .. '@' .. stamp
+end
+
 local function deliver(key, env)
   local f = redis.call('HMGET', key, F.STATUS, F.KIND, F.TASK)
   local st = f[1]
@@ -188,16 +208,19 @@ local function deliver(key, env)
     redis.call('HSET', key, F.ENVELOPE, env)
     return
   end
-  local entry = key .. '@' .. now_ms()
-  redis.call('HSET', key, F.ENVELOPE, env, F.OUTBOX_ENTRY, entry)
+  -- The entry is "<key>@<ms>"; the record keeps only the <ms> part (short, see envelope()).
+  local stamp = tostring(now_ms())
+  local entry = outbox_entry(key, stamp)
+  redis.call('HSET', key, F.ENVELOPE, env, F.OUTBOX_ENTRY, stamp)
   redis.call('ZADD', OUTBOX, now_ms(), entry)
   push(ACT.DELIVER, key, f[2], f[3], env, entry)
 end
 
 -- Record a terminal outcome on one signature and queue its callbacks. Returns its parent's state
 -- (nil when it has none), read once here for complete().
-local function finalize(key, outcome, value, msg)
-  local f = redis.call('HMGET', key, F.SUCCESS, F.ERRORS, F.WAITED, F.PARENT, F.KIND)
+local FINAL_FIELDS = {F.SUCCESS, F.ERRORS, F.WAITED, F.PARENT, F.KIND, F.CACHE, F.STATUS}
+local function finalize(key, outcome, value, msg, f)
+  f = f or redis.call('HMGET', key, unpack(FINAL_FIELDS))
   local field = (outcome == ST.DONE) and F.RESULT or F.ERROR
   if outcome == ST.FAILED and msg ~= '' then
     redis.call('HSET', key, F.STATUS, outcome, field, value, F.FINISHED, now_ms(), F.FAILED_INPUT, msg)
@@ -226,8 +249,8 @@ local function finalize(key, outcome, value, msg)
   -- Under a running container the record already lives as long as that container (see
   -- touch_container); a signature with no running parent takes the done TTL for its subtree.
   if not (p and p.st and not TERMINAL[p.st]) then
-    expire(key, ENDED)
-    for _, child in ipairs(children(key)) do expire_tree(child, 1, ENDED) end
+    set_ttl(key, ENDED, f[5] or KIND.TASK, f[6])
+    for _, child in ipairs(children(key, nil, f[5] or KIND.TASK)) do expire_tree(child, 1, ENDED) end
   end
   return p
 end
@@ -235,11 +258,13 @@ end
 local function swarm_results(swarm)
   local parts = {}
   for i, m in ipairs(redis.call('LRANGE', swarm .. SUB.MEMBERS, 0, -1)) do
-    local r = redis.call('HMGET', m, F.STATUS, F.RESULT, F.ERROR)
+    local r = redis.call('HMGET', m, F.STATUS, F.KIND, F.CACHE, F.SUCCESS, F.ERRORS, F.STEPS,
+      F.RESULT, F.ERROR)
+    seen[m] = r
     if r[1] == ST.DONE then
-      parts[i] = r[2] or 'null'
+      parts[i] = r[7] or 'null'
     else
-      parts[i] = '{"' .. FAILED_MARK .. '":' .. (r[3] or ('{"type":"' .. (r[1] or V.MISSING) ..
+      parts[i] = '{"' .. FAILED_MARK .. '":' .. (r[8] or ('{"type":"' .. (r[1] or V.MISSING) ..
         '","message":"task did not finish","key":"' .. m .. '"}')) .. '}'
     end
   end
@@ -339,9 +364,11 @@ local function chain_step_done(c, step, outcome, value)
 end
 
 -- The one completion path: finish `key`, then walk up through the containers it completes.
-local function complete(key, outcome, value, msg)
+-- `f`: the first key's FINAL_FIELDS when the caller read them already.
+local function complete(key, outcome, value, msg, f)
   while key do
-    local p = finalize(key, outcome, value, msg)
+    local p = finalize(key, outcome, value, msg, f)
+    f = nil
     if not p or not p.st then return end
     if p.st == ST.ACTIVE then
       if p.kind == KIND.CHAIN then

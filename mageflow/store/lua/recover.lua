@@ -11,7 +11,7 @@ for _, entry in ipairs(redis.call('ZRANGEBYSCORE', OUTBOX, '-inf', cutoff, 'LIMI
   local f = key and redis.call('HMGET', key, F.STATUS, F.OUTBOX_ENTRY, F.ENVELOPE, F.KIND, F.TASK)
   local unclaimed = f and (f[1] == ST.PENDING or
     (f[1] == ST.ACTIVE and not redis.call('ZSCORE', LEASES, key)))
-  if unclaimed and f[2] == entry and f[3] then
+  if unclaimed and f[2] and outbox_entry(key, f[2]) == entry and f[3] then
     redis.call('ZADD', OUTBOX, now, entry)
     push(ACT.DELIVER, key, f[4], f[5], f[3], entry)
   else
@@ -22,8 +22,8 @@ for _, key in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now - 1, 'LIMIT
   redis.call('ZREM', LEASES, key)
   local f = redis.call('HMGET', key, F.STATUS, F.ENVELOPE, F.KIND, F.TASK)
   if f[1] == ST.ACTIVE and f[2] then
-    local entry = key .. '@' .. now
-    redis.call('HSET', key, F.OUTBOX_ENTRY, entry)
+    local entry = outbox_entry(key, tostring(now))
+    redis.call('HSET', key, F.OUTBOX_ENTRY, tostring(now))
     redis.call('ZADD', OUTBOX, now, entry)
     push(ACT.DELIVER, key, f[3], f[4], f[2], entry)
   end

@@ -30,7 +30,7 @@ elseif st ~= ST.PENDING then
   return answer(V.STATUS, st)
 end
 -- The claim is the delivery's receipt: the outbox entry is done with.
-if rec[F.OUTBOX_ENTRY] then redis.call('ZREM', OUTBOX, rec[F.OUTBOX_ENTRY]) end
+if rec[F.OUTBOX_ENTRY] then redis.call('ZREM', OUTBOX, outbox_entry(key, rec[F.OUTBOX_ENTRY])) end
 if rec[F.ENVELOPE] then
   redis.call('HSET', key, F.STATUS, ST.ACTIVE, F.ATTEMPT, attempt, F.STARTED, now)
 else  -- sent by something other than a transition (a test, a mock run): keep it for recovery
