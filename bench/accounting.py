@@ -34,7 +34,7 @@ from mageflow.store.scripts import SCRIPT_NAMES, script_source
 LINE = re.compile(r'^\+?\d+\.\d+ \[\d+ ([^\]]+)\] "((?:[^"\\]|\\.)*)"(?: "((?:[^"\\]|\\.)*)")?')
 MARK = "bench-monitor-end"
 #: The scripts a task's own run goes through (claim, finish, outbox clean-up, container start).
-RUN_SCRIPTS = ("start_task", "finish", "sent", "start_container", "swarm_add", "swarm_close")
+RUN_SCRIPTS = ("start_task", "finish", "ack", "start_container", "swarm_add", "swarm_close")
 
 
 def script_names() -> dict[str, str]:

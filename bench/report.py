@@ -13,7 +13,7 @@ from bench.stats import fmt, fmt_spread, median
 
 Row = dict[str, Any]
 HERE = Path(__file__).resolve().parent
-RUN_SCRIPTS = ("start_task", "finish", "sent", "start_container", "swarm_add", "swarm_close")
+RUN_SCRIPTS = ("start_task", "finish", "ack", "start_container", "swarm_add", "swarm_close")
 
 
 def _runs(data: dict[str, Any], contender: str, workload: str) -> list[Row]:
