@@ -26,6 +26,7 @@ import redis
 from taskiq_app_brokers import AMQP_URL, make_broker
 
 from mageflow import (
+    DispatchError,
     Mageflow,
     MageflowConfig,
     SignatureStatus,
@@ -546,3 +547,32 @@ async def test_worker_runs_in_the_callers_event_loop(clusters: Callable[..., Clu
         stop.set()
         assert await asyncio.wait_for(worker, 30) == 0
     assert cluster.pending() == 0
+
+
+# -- nothing lost between a transition and its send ------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_a_send_the_broker_refused_is_recovered_by_a_worker(
+    clusters: Callable[..., Cluster],
+) -> None:
+    cluster = clusters("stream", lease=1.0)
+    worker = cluster.start()
+    first = cluster.producer()
+    await first.start()
+    await registered(cluster, first)
+    engine = first.engine
+    assert isinstance(engine, TaskiqEngine)
+
+    async def refused(*_: Any) -> None:
+        raise ConnectionError("the broker refused the message")
+
+    engine.send = refused  # type: ignore[method-assign]
+    sig = await first.sign("double")
+    with pytest.raises(DispatchError, match="sent again automatically"):
+        await sig.aio_run_no_wait({"x": 4})
+    await first.close()  # the producer is gone before its own retries get through
+    # Nobody but the worker is left: its recovery finds the queued message and sends it.
+    await until(lambda: cluster.sync.hget(sig.key, "st") == "done", 30, "the recovered run")
+    assert cluster.sync.hget(sig.key, "res") == "8"
+    assert cluster.records("double", 4) == [worker.pid]
