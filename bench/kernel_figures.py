@@ -47,6 +47,7 @@ import redis
 from pydantic import BaseModel
 
 import mageflow
+from bench.servers import redis_args
 from mageflow import Mageflow, MageflowConfig, ReturnValue, SwarmConfig, TTLConfig
 
 HERE = Path(__file__).resolve().parent
@@ -86,21 +87,7 @@ class Server:
             raise SystemExit("redis-server not found on PATH")
         self.dir = Path(tempfile.mkdtemp(prefix="kernel-figures-"))
         self.port = free_port()
-        argv = [
-            exe,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.dir),
-            "--daemonize",
-            "no",
-        ]
+        argv = redis_args(exe, self.port, self.dir)
         self.log = open(self.dir / "redis.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         self.client = redis.Redis(port=self.port, decode_responses=True)

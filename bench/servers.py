@@ -40,6 +40,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def redis_args(server: str, port: int, folder: Path) -> list[str]:
+    """A throwaway redis-server on loopback: nothing kept on disk."""
+    return [
+        server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--dir", str(folder), "--daemonize", "no",
+    ]  # fmt: skip
+
+
 class RedisServer:
     """One ``redis-server`` on 127.0.0.1, no persistence, stopped with the bench."""
 
@@ -58,23 +66,7 @@ class RedisServer:
             server = find_redis_server()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        argv = [
-            server,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.dir),
-            "--daemonize",
-            "no",
-            "--maxclients",
-            "4096",
-        ]
+        argv = [*redis_args(server, self.port, self.dir), "--maxclients", "4096"]
         self.proc = procs.spawn(f"redis-{self.name}", argv, self.dir / "redis.log")
         deadline = time.monotonic() + 10
         while True:

@@ -30,6 +30,7 @@ from typing import IO
 import pytest
 import redis
 
+from mageflow.store.embedded import _answers_ping, _pid_running
 from mageflow.store.schema import FAILED_MARK, Field, SignatureStatus, SubKey
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,18 +44,8 @@ SWARM_CONCURRENCY = 4
 
 
 def process_running(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie (exited, not reaped yet) counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
+    """The library's own check: a zombie (exited, not reaped yet) counts as gone."""
+    return _pid_running(pid)
 
 
 def wait_for(
@@ -163,15 +154,7 @@ class Folder:
 
     def answers(self) -> bool:
         """True if a server answers PING on the folder's socket."""
-        if not self.socket.exists():
-            return False
-        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
-        try:
-            return bool(client.ping())
-        except (redis.RedisError, OSError):
-            return False
-        finally:
-            client.close()
+        return _answers_ping(self.socket)
 
     def stopped(self) -> bool:
         return (

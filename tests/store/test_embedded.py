@@ -19,6 +19,7 @@ from mageflow.errors import EmbeddedRedisError
 from mageflow.store.embedded import (
     EmbeddedRedis,
     _answers_ping,
+    _pid_running,
     embedded_default,
     find_redis_server,
 )
@@ -58,14 +59,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def process_running(pid: int) -> bool:
-    """Like pid_alive, but a zombie counts as gone (its parent may have exited without reaping)."""
-    if not pid_alive(pid):
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
+    """The library's own check: a zombie (exited, not reaped yet) counts as gone."""
+    return _pid_running(pid)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
