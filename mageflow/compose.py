@@ -174,8 +174,8 @@ def _rewrite(rec: Record, mapping: dict[str, str], *, fresh: bool) -> dict[str, 
     fields[Field.PARENT] = mapping.get(fields.get(Field.PARENT, ""), "")
     owner = mapping.get(fields.pop(Field.OWNER, ""), "")
     fields.update(_owner(owner, fields[Field.PARENT]))
-    fields.pop(Field.WAITED, None)
-    if fresh:
+    if fresh:  # a copy is not what anyone waits for; a moved signature still is
+        fields.pop(Field.WAITED, None)
         fields[Field.STATUS] = SignatureStatus.PENDING
         fields[Field.CREATED] = str(int(time.time() * 1000))
     return fields

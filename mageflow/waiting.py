@@ -4,7 +4,9 @@
 ends with the flag set is announced on its workflow's ``done`` channel (lib.lua). One pattern
 subscription per client feeds every waiter, so nothing polls: a waiter sleeps until the notice
 for its key arrives. A notice can only be missed while the subscription is down; when it comes
-back, every waiter reads its status once more.
+back, every waiter reads its status once more. Besides ends, two notices wake waiters: a
+signature moved under another key (they look it up again there), and one that got the done TTL
+without running (it never will: they get TaskCanceledError).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import contextlib
 import logging
 from typing import Any
 
-from mageflow.errors import SignatureNotFoundError
+from mageflow.errors import SignatureNotFoundError, TaskCanceledError
 from mageflow.store.records import Record
 from mageflow.store.redis_store import MAX_FORWARDS, Store, _s
-from mageflow.store.schema import Verdict
+from mageflow.store.schema import Notice, Verdict
 
 log = logging.getLogger("mageflow.waiting")
 RECONNECT_PAUSE = 0.5
@@ -26,7 +28,7 @@ RECONNECT_PAUSE = 0.5
 class Notifier:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._futures: dict[str, list[asyncio.Future[None]]] = {}
+        self._futures: dict[str, list[asyncio.Future[str]]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Event | None = None
 
@@ -67,17 +69,17 @@ class Notifier:
                 self._subscribed.set()
                 self._wake_all()  # anything that ended while we were not subscribed
         elif kind == "pmessage":
-            key = _s(msg["data"]).split(" ", 1)[0]
+            key, _, outcome = _s(msg["data"]).partition(" ")
             for fut in self._futures.pop(key, []):
                 if not fut.done():
-                    fut.set_result(None)
+                    fut.set_result(outcome)
 
     def _wake_all(self) -> None:
         futures, self._futures = self._futures, {}
         for group in futures.values():
             for fut in group:
                 if not fut.done():
-                    fut.set_result(None)
+                    fut.set_result("")
 
     async def watch(self, key: str) -> tuple[str, Record | None]:
         """Ask for a notice when ``key`` ends (before launching it, so none is missed). Returns
@@ -100,7 +102,7 @@ class Notifier:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            fut: asyncio.Future[None] = loop.create_future()
+            fut: asyncio.Future[str] = loop.create_future()
             self._futures.setdefault(key, []).append(fut)
             current, record = await self.watch(key)
             if record is not None or current != key:
@@ -111,15 +113,21 @@ class Notifier:
                 continue
             remaining = None if deadline is None else deadline - loop.time()
             try:
-                await asyncio.wait_for(fut, remaining)
+                notice = await asyncio.wait_for(fut, remaining)
             except TimeoutError:
                 self._discard(key, fut)
                 _, record = await self.watch(key)
                 if record is not None:
                     return record
                 raise TimeoutError(f"signature {key} did not finish within {timeout} s") from None
+            if notice == Notice.NEVER:
+                _, record = await self.watch(key)
+                if record is not None:
+                    return record
+                raise TaskCanceledError(key, "never-run (what would have started it ended)")
+            # Any other notice (its end, a move, a reconnect): read it again, under its new key.
 
-    def _discard(self, key: str, fut: asyncio.Future[None]) -> None:
+    def _discard(self, key: str, fut: asyncio.Future[str]) -> None:
         group = self._futures.get(key)
         if group and fut in group:
             group.remove(fut)

@@ -24,6 +24,7 @@ from mageflow import (
     ReturnValue,
     SignatureStatus,
     SwarmConfig,
+    TaskCanceledError,
 )
 from mageflow.engines.inproc import InProcEngine
 from mageflow.envelope import Envelope
@@ -265,3 +266,35 @@ async def test_a_duplicate_keeps_the_plan_and_none_of_the_run(mf: Mageflow, log:
     assert await copy.aio_run({}) == 6
     await mf.engine.join()
     assert log.runs == {"t": 2, "cb": 2} and log.got == {"cb": 6}
+
+
+async def test_a_waiter_follows_its_signature_when_it_moves(mf: Mageflow, log: Log) -> None:
+    sig = await mf.sign("work", name="t", n=3)
+    waiter = asyncio.create_task(sig.aresult(timeout=10))
+    await asyncio.sleep(0.05)  # it listens under the key it has now ...
+    chain = await mf.chain([sig, await mf.sign("collect", tag="c")])  # ... which moves
+    await chain.aio_run_no_wait({})
+    assert await waiter == 3
+
+
+async def test_a_waiter_moved_with_a_whole_subtree_hears_its_end(mf: Mageflow, log: Log) -> None:
+    inner = await mf.chain(
+        [await mf.sign("work", name="a", n=2), await mf.sign("collect", tag="b")]
+    )
+    waiter = asyncio.create_task(inner.aresult(timeout=10))
+    await asyncio.sleep(0.05)
+    outer = await mf.chain([inner, await mf.sign("work", name="c")])  # rewritten under outer
+    await outer.aio_run_no_wait({})
+    assert await waiter is None  # collect returns nothing
+    assert log.got == {"b": 2}
+
+
+async def test_waiting_for_a_callback_that_will_never_fire_ends(mf: Mageflow, log: Log) -> None:
+    on_error = await mf.sign("collect", tag="never")
+    sig = await mf.sign("work", name="t", error_callbacks=[on_error])
+    on_error = await mf.load_signature((await sig.aload()).error_callbacks[0])
+    waiter = asyncio.create_task(on_error.aresult(timeout=10))
+    await asyncio.sleep(0.05)
+    assert await sig.aio_run({}) == 0  # it succeeds: its error callback never runs
+    with pytest.raises(TaskCanceledError):
+        await waiter

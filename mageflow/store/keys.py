@@ -79,6 +79,10 @@ class KeySchema:
         """Pub/sub channel that carries cancel requests to every worker of the namespace."""
         return f"{self.namespace}:cancel"
 
+    def done_channel(self, sig_key: str) -> str:
+        """The done channel of the workflow ``sig_key`` belongs to."""
+        return f"{self.namespace}{DONE_SEGMENT}{{{workflow_of(sig_key)}}}"
+
     @property
     def done_pattern(self) -> str:
         """Pattern matching every workflow's ``done`` channel (lib.lua publishes on

@@ -21,7 +21,7 @@ from mageflow.store import keys as K
 from mageflow.store.batching import ScriptBatcher
 from mageflow.store.keys import KeySchema
 from mageflow.store.records import NewRecord, Record
-from mageflow.store.schema import Action, Answer, Control, Field, Kind, Verdict, decode
+from mageflow.store.schema import Action, Answer, Control, Field, Kind, Notice, Verdict, decode
 from mageflow.store.scripts import SCRIPT_NAMES, script_source
 
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
@@ -184,6 +184,8 @@ class Store:
                 if new:
                     pipe.hset(old, Field.MOVED, new)
                     pipe.pexpire(old, int((self.ttl.task.done_ttl or self.ttl.done_ttl) * 1000))
+                    # A waiter listening under the old key looks it up again (see waiting.py).
+                    pipe.publish(self.keys.done_channel(old), f"{old} {Notice.MOVED}")
             for rec in records:
                 pipe.delete(rec.key)
                 pipe.hset(rec.key, mapping=_mapping(rec.fields))
@@ -306,8 +308,9 @@ class Store:
         """Drop the leases of runs this process lost with its event loop, so their next
         delivery may take the claim over at once."""
         if key_list:
+            # Expired, not removed: a run that is not claimed again stays visible to recovery.
             async with self._guard():
-                await self.redis.zrem(self.keys.leases, *key_list)
+                await self.redis.zadd(self.keys.leases, dict.fromkeys(key_list, 0))
 
     async def outbox_size(self) -> int:
         async with self._guard():

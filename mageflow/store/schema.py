@@ -142,6 +142,13 @@ class Control(StrEnum):
     CANCEL = "cancel"  # stop everything for good and tell the parent container
 
 
+class Notice(StrEnum):
+    """What a done-channel notice says besides a terminal status."""
+
+    MOVED = "moved"  # the signature now lives under another key: look it up again
+    NEVER = "never"  # it got the done TTL without running: it never will
+
+
 #: Marks a swarm result slot whose member did not finish with a result: {"$mageflow_failed": err}.
 FAILED_MARK = "$mageflow_failed"
 
@@ -233,6 +240,7 @@ def lua_constants() -> str:
             table("V", {m.name: m.value for m in Verdict}),
             table("SUB", {m.name: m.value for m in SubKey}),
             table("CTL", {m.name: m.value for m in Control}),
+            table("NOTICE", {m.name: m.value for m in Notice}),
             f"local FAILED_MARK = {json.dumps(FAILED_MARK)}",
             f"local KWARG_PREFIX = {json.dumps(KWARG_PREFIX)}",
             "local TERMINAL = {"

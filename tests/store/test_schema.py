@@ -19,6 +19,7 @@ from mageflow.store.schema import (
     Control,
     Field,
     Kind,
+    Notice,
     SignatureStatus,
     SubKey,
     Verdict,
@@ -34,6 +35,7 @@ TABLES = {
     "V": Verdict,
     "SUB": SubKey,
     "CTL": Control,
+    "NOTICE": Notice,
 }
 SCHEMA_STRINGS = {m.value for table in TABLES.values() for m in table} | {
     SIG_SEGMENT,

@@ -21,5 +21,7 @@ if ARGV[5] ~= ARGV[4] then redis.call('HSET', new, F.OWNER, ARGV[5]) end
 expire(new, LIVE)
 -- Leave a forwarding note so a key handed out earlier still resolves.
 redis.call('HSET', old, F.MOVED, new)
+-- A waiter listening under the old key looks it up again and listens under the new one.
+publish_done(old, NOTICE.MOVED)
 redis.call('PEXPIRE', old, ttl_of(ENDED, KIND.TASK))
 return answer(V.OK)

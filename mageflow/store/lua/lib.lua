@@ -102,7 +102,12 @@ end
 -- A signature and everything under it (callbacks, steps, members) get one phase's TTL: ENDED
 -- for what will never run (an unfired callback, a step after a failure), LIVE for what is
 -- still waiting its turn. One read per signature: a plain task costs two commands.
-local TREE_FIELDS = {F.STATUS, F.KIND, F.CACHE, F.SUCCESS, F.ERRORS, F.STEPS}
+local function publish_done(key, outcome)
+  local ns, wf = string.match(key, '^(.*)' .. SEG.SIG .. '{([^}]*)}')
+  if ns then redis.call('PUBLISH', ns .. SEG.DONE .. '{' .. wf .. '}', key .. ' ' .. outcome) end
+end
+
+local TREE_FIELDS = {F.STATUS, F.KIND, F.CACHE, F.SUCCESS, F.ERRORS, F.STEPS, F.WAITED}
 -- Records a script already read with TREE_FIELDS in front (swarm_results), so a swarm that
 -- completes reads each member once for its result and its TTL.
 local seen = {}
@@ -111,6 +116,8 @@ local function expire_tree(key, depth, phase)
   local f = seen[key] or redis.call('HMGET', key, unpack(TREE_FIELDS))
   -- Something still running (a callback fired earlier) sets its own TTL when it finishes.
   if phase == ENDED and depth > 0 and f[1] == ST.ACTIVE then return end
+  -- Someone waits for a signature that now will never run: tell them.
+  if phase == ENDED and f[7] and not TERMINAL[f[1] or ST.DONE] then publish_done(key, NOTICE.NEVER) end
   local kind = f[2] or KIND.TASK
   set_ttl(key, phase, kind, f[3])
   for i = 4, 5 do
@@ -174,11 +181,6 @@ local function keep_alive(key)
     touch_container(c)
     parent, depth = c.parent, depth + 1
   end
-end
-
-local function publish_done(key, outcome)
-  local ns, wf = string.match(key, '^(.*)' .. SEG.SIG .. '{([^}]*)}')
-  if ns then redis.call('PUBLISH', ns .. SEG.DONE .. '{' .. wf .. '}', key .. ' ' .. outcome) end
 end
 
 -- The JSON envelope a target receives, built from JSON parts (user data is never decoded here).
@@ -259,12 +261,12 @@ local function swarm_results(swarm)
   local parts = {}
   for i, m in ipairs(redis.call('LRANGE', swarm .. SUB.MEMBERS, 0, -1)) do
     local r = redis.call('HMGET', m, F.STATUS, F.KIND, F.CACHE, F.SUCCESS, F.ERRORS, F.STEPS,
-      F.RESULT, F.ERROR)
+      F.WAITED, F.RESULT, F.ERROR)
     seen[m] = r
     if r[1] == ST.DONE then
-      parts[i] = r[7] or 'null'
+      parts[i] = r[8] or 'null'
     else
-      parts[i] = '{"' .. FAILED_MARK .. '":' .. (r[8] or ('{"type":"' .. (r[1] or V.MISSING) ..
+      parts[i] = '{"' .. FAILED_MARK .. '":' .. (r[9] or ('{"type":"' .. (r[1] or V.MISSING) ..
         '","message":"task did not finish","key":"' .. m .. '"}')) .. '}'
     end
   end
