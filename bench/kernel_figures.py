@@ -41,32 +41,22 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import redis
-from pydantic import BaseModel
 
 import mageflow
+from bench.mf_app import COLLECT, NOOP, register
 from bench.servers import redis_args
-from mageflow import Mageflow, MageflowConfig, ReturnValue, SwarmConfig, TTLConfig
+from mageflow import Mageflow, MageflowConfig, SwarmConfig, TTLConfig
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "kernel-figures.json"
-NOOP = "kf_noop"
-COLLECT = "kf_collect"
 LONG_TTL = 7 * 24 * 3600.0  # nothing expires during a measurement
 SETTLE_S = 0.5  # after the callback's result: trailing writes (outbox clean-ups) land
 #: Commands this script sends itself inside a window (never the code under test).
 OWN = frozenset({"info", "dbsize", "memory|stats"})
 TARGETS = {"commands_per_task": 20.0, "script_calls_per_task": 2.5, "bytes_per_signature": 800.0}
-
-
-class Num(BaseModel):
-    x: Annotated[int, ReturnValue()] = 0
-
-
-class Many(BaseModel):
-    values: Annotated[list[int], ReturnValue()]
 
 
 # -- the private server ------------------------------------------------------------------------
@@ -220,15 +210,7 @@ def by_script(lines: list[str], shas: dict[str, str]) -> dict[str, Any]:
 def client_for(url: str, namespace: str) -> Mageflow:
     ttl = TTLConfig(active_ttl=LONG_TTL, done_ttl=LONG_TTL)
     mf = Mageflow(None, url, config=MageflowConfig(namespace=namespace, ttl=ttl))
-
-    @mf.task(name=NOOP)
-    async def kf_noop(msg: Num) -> int:
-        return msg.x + 1
-
-    @mf.task(name=COLLECT)
-    async def kf_collect(msg: Many) -> int:
-        return len(msg.values)
-
+    register(mf)  # the bench's own two trivial tasks
     return mf
 
 

@@ -238,6 +238,9 @@ class Mageflow:
             await self._notifier.close()
         if self._owns_redis:
             await self._store.redis.aclose()
+        self._forget_started()
+
+    def _forget_started(self) -> None:
         self._store = self._runtime = self._notifier = self._sender = self._keeper = None
 
     def _finish_at_exit(self) -> None:
@@ -266,7 +269,7 @@ class Mageflow:
                 connection_class=pool.connection_class, **pool.connection_kwargs
             )
         )
-        self._store = self._runtime = self._notifier = self._sender = self._keeper = None
+        self._forget_started()
         self.engine.reset()
         await self.ensure_started()
         self._owns_redis = True

@@ -74,7 +74,7 @@ class Plan:
                     Kind.TASK,
                     definition.name,
                     {},
-                    {Field.PARENT: parent, Field.OWNER: "" if owner == parent else owner},
+                    {Field.PARENT: parent, Field.OWNER: _owner(owner, parent)},
                 ),
             )
         )
@@ -153,15 +153,20 @@ async def copy_tree(
         fields = _rewrite(rec, mapping, fresh=not move)
         if old == old_root:
             fields[Field.PARENT] = parent
-            fields.pop(Field.OWNER, None)
-            fields.update(_owner(owner, parent))
+            _set_owner(fields, owner)
         out.append(NewRecord(mapping[old], fields, [mapping[m] for m in members.get(old, [])]))
     await client.store.write_raw(out, {old: mapping[old] for old in records} if move else {})
 
 
-def _owner(owner: str, parent: str) -> dict[str, str]:
-    """The owner field to store: a step's or member's owner is its parent, so it is not stored."""
-    return {Field.OWNER: owner} if owner and owner != parent else {}
+def _owner(owner: str, parent: str) -> str:
+    """The owner to store ('' for none): a step's or member's owner is its parent, not stored."""
+    return "" if owner == parent else owner
+
+
+def _set_owner(fields: dict[str, str], owner: str) -> None:
+    fields.pop(Field.OWNER, None)
+    if stored := _owner(owner, fields[Field.PARENT]):
+        fields[Field.OWNER] = stored
 
 
 def _rewrite(rec: Record, mapping: dict[str, str], *, fresh: bool) -> dict[str, str]:
@@ -172,8 +177,7 @@ def _rewrite(rec: Record, mapping: dict[str, str], *, fresh: bool) -> dict[str, 
         if name in fields:
             fields[name] = json.dumps([mapping[k] for k in rec.key_list(name)])
     fields[Field.PARENT] = mapping.get(fields.get(Field.PARENT, ""), "")
-    owner = mapping.get(fields.pop(Field.OWNER, ""), "")
-    fields.update(_owner(owner, fields[Field.PARENT]))
+    _set_owner(fields, mapping.get(fields.get(Field.OWNER, ""), ""))
     if fresh:  # a copy is not what anyone waits for; a moved signature still is
         fields.pop(Field.WAITED, None)
         fields[Field.STATUS] = SignatureStatus.PENDING

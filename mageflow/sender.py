@@ -66,30 +66,27 @@ class Sender:
 
     async def _try(self, action: Action) -> BaseException | None:
         """Send one action; on failure schedule its retry and return the error."""
+        error: BaseException | None = None
         try:
             await self._send_one(action)
         except asyncio.CancelledError:
             raise
         except UnknownTaskError as exc:
             # Not registered in this process (in-process engine): the entry stays in the outbox
-            # for a process that registers the task (see docs/engines/inproc.md).
+            # for a process that registers the task (see docs/engines/inprocess.md).
             log.warning("cannot run %s here: %s", action.key, exc)
-            self.unsent.pop(_ident(action), None)
-            return exc
+            error = exc
         except DispatchError as exc:  # a nested send (a container's first work) failed
-            self.unsent.pop(_ident(action), None)
-            return exc
+            error = exc
         except Exception as exc:
-            if action.kind is ActionKind.STOP:
-                # The stop is on record as the task's status; the worker's heartbeat sees it.
-                log.warning("could not ask the engine to stop %s: %r", action.key, exc)
-                self.unsent.pop(_ident(action), None)
-                return None
-            log.warning("could not send %s (%s): %r; retrying", action.key, action.task, exc)
-            self._retry_later(action)
-            return exc
+            if action.kind is not ActionKind.STOP:
+                log.warning("could not send %s (%s): %r; retrying", action.key, action.task, exc)
+                self._retry_later(action)  # still owed: it stays in `unsent` until sent
+                return exc
+            # The stop is on record as the task's status; the worker's heartbeat sees it.
+            log.warning("could not ask the engine to stop %s: %r", action.key, exc)
         self.unsent.pop(_ident(action), None)
-        return None
+        return error
 
     async def _send_one(self, action: Action) -> None:
         if action.kind is ActionKind.STOP:

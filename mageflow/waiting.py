@@ -30,17 +30,14 @@ class Notifier:
         self.store = store
         self._futures: dict[str, list[asyncio.Future[str]]] = {}
         self._listener: asyncio.Task[None] | None = None
-        self._subscribed: asyncio.Event | None = None
 
     async def _ensure_listener(self) -> None:
         if self._listener is None:
-            self._subscribed = asyncio.Event()
             self._listener = asyncio.get_running_loop().create_task(self._listen())
         # No need to wait for Redis to confirm the subscription: a waiter registers its future
         # before it reads the status, and the confirmation wakes every waiter to read it again.
 
     async def _listen(self) -> None:
-        assert self._subscribed is not None
         while True:
             pubsub: Any = self.store.redis.pubsub()
             try:
@@ -55,7 +52,6 @@ class Notifier:
                 raise
             except Exception as exc:  # the subscription dropped: waiters read their status again
                 log.warning("lost the done-notice subscription (%r); reconnecting", exc)
-                self._subscribed.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
                 self._wake_all()
@@ -63,11 +59,8 @@ class Notifier:
 
     def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
-        if kind == "psubscribe":
-            assert self._subscribed is not None
-            if not self._subscribed.is_set():
-                self._subscribed.set()
-                self._wake_all()  # anything that ended while we were not subscribed
+        if kind == "psubscribe":  # once per connection: the subscription is live from here on
+            self._wake_all()  # anything that ended while we were not subscribed
         elif kind == "pmessage":
             key, _, outcome = _s(msg["data"]).partition(" ")
             for fut in self._futures.pop(key, []):

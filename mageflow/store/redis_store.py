@@ -80,16 +80,16 @@ class Store:
         return " ".join(taken)
 
     async def _call(self, name: str, key_list: list[str], args: list[Any]) -> Any:
-        full = [*self.keys.indexes, *key_list, *self._ttl_ms, self._take_acks(), *args]
+        full = self._script_args(key_list, args, self._take_acks())
         async with self._guard():
             return await self._batcher.call(self._sha[name], 2 + len(key_list), full)
 
     async def _run(self, name: str, key_list: list[str], args: list[Any]) -> Answer:
         return decode(await self._call(name, key_list, args))
 
-    def _script_args(self, key_list: list[str], args: list[Any]) -> list[Any]:
-        """KEYS and ARGV of a script sent outside the batcher (inside a MULTI)."""
-        return [*self.keys.indexes, *key_list, *self._ttl_ms, "", *args]
+    def _script_args(self, key_list: list[str], args: list[Any], acks: str = "") -> list[Any]:
+        """KEYS then ARGV of a script call, in the order lua/lib.lua expects."""
+        return [*self.keys.indexes, *key_list, *self._ttl_ms, acks, *args]
 
     async def load_scripts(self) -> None:
         async with self._guard():
