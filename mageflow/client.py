@@ -19,7 +19,12 @@ from mageflow.config import MageflowConfig, SwarmConfig
 from mageflow.containers import ChainSignature, SwarmSignature, create_chain, create_swarm
 from mageflow.engines import Engine, resolve_engine
 from mageflow.engines.base import EngineServices
-from mageflow.errors import ConfigurationError, UnknownTaskError
+from mageflow.errors import (
+    ConfigurationError,
+    InvalidArgumentError,
+    InvalidSettingError,
+    UnknownTaskError,
+)
 from mageflow.recovery import Keeper
 from mageflow.runtime import Runtime
 from mageflow.scopes import Batch, abounded_field, durable
@@ -109,10 +114,11 @@ class Mageflow:
         self, fn: TaskFunction, name: str | None, options: dict[str, Any]
     ) -> MageflowTask:
         opts = dict(options)
+        given = opts.pop("name", None) if name is None else name
         with_context = opts.pop("with_context", None)
         timeout = opts.pop("timeout", opts.pop("execution_timeout", None))
         definition = TaskDef(
-            name=name or opts.pop("name", None) or fn.__name__,
+            name=fn.__name__ if given is None else _task_name(given),
             fn=fn,
             input_validator=opts.pop("input_validator", None) or infer_validator(fn),
             retries=int(opts.pop("retries", 0)),
@@ -152,8 +158,10 @@ class Mageflow:
         if isinstance(ref, TaskDef):
             return ref
         if not isinstance(ref, str):
-            raise TypeError(
-                f"expected a task name or a task decorated with @mf.task, not {type(ref).__name__}"
+            raise InvalidArgumentError(
+                "a task",
+                "a task decorated with @mf.task, a registered task name or a signature",
+                ref,
             )
         local = self._tasks.get(ref)
         if local is not None:
@@ -200,6 +208,7 @@ class Mageflow:
                 keys=self.keys,
                 lease_seconds=self.config.lease_seconds,
                 claim_state=store.claim_state,
+                bury=self.runtime.dead.bury,
             )
         )
         self._keeper = Keeper(
@@ -341,6 +350,7 @@ class Mageflow:
 
     async def load_signature(self, key: str) -> Signature:
         """The signature stored under ``key`` (raises SignatureNotFoundError)."""
+        check_key(key)
         await self.ensure_started()
         return self.handle(await self.store.load(key))
 
@@ -433,6 +443,24 @@ class Mageflow:
         if kwargs:
             await copy.kwargs.aupdate(**kwargs)
         return copy
+
+
+def check_key(key: Any) -> None:
+    """Refuse a key that is not a string before it reaches Redis."""
+    if not isinstance(key, str):
+        raise InvalidArgumentError("a signature key", "a string (Signature.key)", key)
+
+
+def _task_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise InvalidArgumentError("a task name", "a non-empty string", name)
+    if not name.strip():
+        raise InvalidSettingError(
+            "task name",
+            name,
+            "must not be empty; pass a name, or leave name out to use the function's name",
+        )
+    return name
 
 
 def _with(items: Sequence[Any] | None, extra: Any) -> list[Any]:

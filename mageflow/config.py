@@ -2,17 +2,84 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+import re
+from typing import Any, Self
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from mageflow.errors import InvalidSettingError
+
+_NS_RE = re.compile(r"[A-Za-z0-9_.\-:]+")
+NAMESPACE_RULE = "use one or more letters, digits, '_', '.', '-' or ':' (nothing else)"
 
 
-class KindTTL(BaseModel):
+def namespace_problem(namespace: object) -> str | None:
+    """Why ``namespace`` cannot prefix Redis keys, or None when it can."""
+    if not isinstance(namespace, str):
+        return f"must be a string, not {type(namespace).__name__}"
+    if _NS_RE.fullmatch(namespace) is None:
+        return NAMESPACE_RULE
+    return None
+
+
+#: The shortest TTL mageflow accepts, in seconds: a record must outlive the script that writes it.
+MIN_SECONDS = 1
+#: The shortest lease, in seconds. Heartbeats run every third of it, so below this a busy event
+#: loop misses renewals and healthy runs are taken over.
+MIN_LEASE_SECONDS = 0.1
+
+
+class _Settings(BaseModel):
+    """A config model whose invalid input raises :class:`~mageflow.errors.InvalidSettingError`
+    (a ConfigurationError, and a ValueError) naming the field and the rule it breaks."""
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _setting_error(type(self).__name__, exc) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as exc:
+            raise _setting_error(cls.__name__, exc) from None
+
+    @classmethod
+    def model_validate_json(cls, json_data: Any, *args: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate_json(json_data, *args, **kwargs)
+        except ValidationError as exc:
+            raise _setting_error(cls.__name__, exc) from None
+
+
+def _setting_error(model: str, exc: ValidationError) -> InvalidSettingError:
+    problems: list[tuple[str, Any, str]] = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in (model, *err["loc"]))
+        ctx = err.get("ctx") or {}
+        inner = ctx.get("error")
+        if isinstance(inner, InvalidSettingError):  # a nested config model's own check
+            for setting, value, rule in inner.problems:
+                problems.append((f"{where}.{setting.partition('.')[2] or setting}", value, rule))
+            continue
+        rule = str(inner) if err["type"] == "value_error" and inner is not None else err["msg"]
+        if "ge" in ctx and str(err["loc"][-1]).endswith(("ttl", "seconds")):
+            rule += f" (a duration in seconds; the minimum is {ctx['ge']:g} second)"
+        problems.append((where, err.get("input"), rule))
+    setting, value, rule = problems[0]
+    return InvalidSettingError(setting, value, rule, problems)
+
+
+class KindTTL(_Settings):
     """TTL overrides (seconds) for one kind of signature; None keeps the general value."""
 
-    active_ttl: float | None = Field(default=None, gt=0)
-    done_ttl: float | None = Field(default=None, gt=0)
+    active_ttl: float | None = Field(default=None, ge=MIN_SECONDS)
+    done_ttl: float | None = Field(default=None, ge=MIN_SECONDS)
 
 
-class TTLConfig(BaseModel):
+class TTLConfig(_Settings):
     """How long (seconds) workflow state stays in Redis.
 
     ``active_ttl`` is refreshed on every transition of a signature (and on its heartbeats), so a
@@ -21,8 +88,8 @@ class TTLConfig(BaseModel):
     ``task``, ``chain`` and ``swarm`` override both for one kind.
     """
 
-    active_ttl: float = Field(default=24 * 3600, gt=0)
-    done_ttl: float = Field(default=24 * 3600, gt=0)
+    active_ttl: float = Field(default=24 * 3600, ge=MIN_SECONDS)
+    done_ttl: float = Field(default=24 * 3600, ge=MIN_SECONDS)
     task: KindTTL = Field(default_factory=KindTTL)
     chain: KindTTL = Field(default_factory=KindTTL)
     swarm: KindTTL = Field(default_factory=KindTTL)
@@ -37,7 +104,7 @@ class TTLConfig(BaseModel):
         return ",".join(parts)
 
 
-class SwarmConfig(BaseModel):
+class SwarmConfig(_Settings):
     """Limits of one swarm.
 
     ``max_concurrency``: members running at one instant, on any engine. ``stop_after_n_failures``:
@@ -50,7 +117,7 @@ class SwarmConfig(BaseModel):
     max_task_allowed: int | None = Field(default=None, gt=0)
 
 
-class MageflowConfig(BaseModel):
+class MageflowConfig(_Settings):
     """Settings of one :class:`~mageflow.Mageflow` client.
 
     ``namespace`` prefixes every Redis key, so two apps can share one Redis. ``pass_context`` hands
@@ -66,8 +133,16 @@ class MageflowConfig(BaseModel):
     #: A running task whose process has not renewed its lease for this long is taken over by
     #: another delivery; a queued message that no receiver claimed for this long is sent again.
     #: Heartbeats renew leases every third of it.
-    lease_seconds: float = Field(default=30.0, gt=0)
+    lease_seconds: float = Field(default=30.0, ge=MIN_LEASE_SECONDS)
     #: In-process engine: at interpreter exit, how long the client may spend finishing the work
     #: the ended event loop cut off (callbacks of a script that returned without close()). What
     #: is not done by then is finished by the next start. 0 leaves it all to the next start.
     finish_at_exit_seconds: float = Field(default=30.0, ge=0)
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        problem = namespace_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value

@@ -16,14 +16,15 @@ from mageflow.config import SwarmConfig
 from mageflow.errors import (
     ConfigurationError,
     InvalidTransitionError,
+    InvalidValueError,
     SignatureNotFoundError,
     SwarmClosedError,
     SwarmFullError,
 )
 from mageflow.models.message import TaskError
-from mageflow.signature import Message, Signature, message_dict
+from mageflow.signature import Message, Signature
 from mageflow.store import keys as K
-from mageflow.store.records import NewRecord, Record, kwarg_fields, loads
+from mageflow.store.records import NewRecord, Record, kwarg_fields, loads, message_dict
 from mageflow.store.schema import FAILED_MARK, Answer, Field, Kind, SignatureStatus, Verdict
 
 if TYPE_CHECKING:
@@ -108,7 +109,9 @@ class SwarmSignature(Signature):
     ) -> list[Signature]:
         """Add tasks paired with their own messages; start the swarm if it is not running yet."""
         if len(tasks) != len(msgs):
-            raise ValueError(f"{len(tasks)} tasks but {len(msgs)} messages")
+            raise InvalidValueError(
+                "msgs", f"{len(msgs)} messages", f"pass one message per task ({len(tasks)} tasks)"
+            )
         added: list[Signature] = []
         for i, (t, m) in enumerate(zip(tasks, msgs, strict=True)):
             last = i == len(tasks) - 1

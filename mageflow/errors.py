@@ -17,7 +17,7 @@ class NonRetryableError(MageflowError):
     """Raise from a task to fail it at once, skipping any retries it has left."""
 
 
-class ConfigurationError(MageflowError):
+class ConfigurationError(MageflowError, ValueError):
     """The client or a task was set up in a way that cannot work."""
 
 
@@ -150,6 +150,38 @@ class EmbeddedRedisError(MageflowError):
     """The embedded Redis server could not be started."""
 
 
+class NotARecordError(MageflowError, ValueError):
+    """A key given to mageflow is not a signature record of this client's namespace: it belongs
+    to another namespace, is not a signature key at all, or holds data mageflow did not write.
+    Nothing was written to it."""
+
+    def __init__(self, key: str, namespace: str, foreign: bool) -> None:
+        self.key = key
+        self.namespace = namespace
+        self.foreign = foreign
+        why = (
+            f"is not a signature key of namespace {namespace!r}"
+            if foreign
+            else "holds data that is not a mageflow record"
+        )
+        super().__init__(
+            f"{key!r} {why}; nothing was changed. Pass a key that a client of this namespace "
+            "returned (Signature.key), or build the client with the namespace the key belongs to."
+        )
+
+
+class PoisonMessageError(MageflowError):
+    """A delivery that can never run: it was acknowledged and moved to the dead-letter stream
+    (``mageflow dead-letters`` lists them) instead of being retried."""
+
+    def __init__(self, reason: str, detail: str, task_name: str = "", key: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        self.task_name = task_name
+        self.key = key
+        super().__init__(f"poison message ({reason}): {detail}")
+
+
 class DispatchError(MageflowError):
     """A message could not be handed to the task engine. The state change that queued it has
     committed, and the message stays in the outbox: it is sent again automatically."""
@@ -164,3 +196,78 @@ class DispatchError(MageflowError):
             "any client or worker of this namespace); do not start it again. Check that the "
             "engine's broker is reachable."
         )
+
+
+# -- input validation (edges) --
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class InvalidArgumentError(MageflowError, TypeError):
+    """An argument of the wrong type was passed to mageflow; nothing was written."""
+
+    def __init__(self, argument: str, expected: str, value: Any) -> None:
+        self.argument = argument
+        self.expected = expected
+        self.value_type = type(value).__name__
+        super().__init__(
+            f"{argument} must be {expected}, not {self.value_type} ({_short(value)}); "
+            f"pass {expected}."
+        )
+
+
+class InvalidValueError(MageflowError, ValueError):
+    """An argument has the right type but a value mageflow cannot use; nothing was written."""
+
+    def __init__(self, argument: str, value: Any, rule: str) -> None:
+        self.argument = argument
+        self.value = value
+        self.rule = rule
+        super().__init__(f"invalid {argument} {_short(value)}: {rule}.")
+
+
+class UnknownActionError(InvalidValueError):
+    """A lifecycle action that does not exist was requested."""
+
+    def __init__(self, action: Any, allowed: list[str]) -> None:
+        self.action = action
+        self.allowed = list(allowed)
+        super().__init__("lifecycle action", action, f"use one of {', '.join(self.allowed)}")
+
+
+class SerializationError(MageflowError, TypeError, ValueError):
+    """A bound kwarg or a message value cannot be stored as JSON; nothing was written."""
+
+    def __init__(self, field: str, value: Any, where: str, detail: str = "") -> None:
+        self.field = field
+        self.where = where
+        self.value_type = type(value).__name__
+        self.detail = detail
+        why = f" ({detail})" if detail else ""
+        super().__init__(
+            f"{where} {field!r} cannot be serialized to JSON: {self.value_type} is not "
+            f"JSON-able{why}. Pass JSON-able values: str, int, float, bool, None, lists and "
+            "dicts of them, pydantic models, dates (convert a set to a list, an object to a dict)."
+        )
+
+
+class InvalidSettingError(ConfigurationError):
+    """A setting (a config field, the namespace, a task name) breaks a rule; ``problems`` lists
+    every ``(setting, value, rule)`` found, the first of them is also in the fields."""
+
+    def __init__(
+        self,
+        setting: str,
+        value: Any,
+        rule: str,
+        problems: list[tuple[str, Any, str]] | None = None,
+    ) -> None:
+        self.setting = setting
+        self.value = value
+        self.rule = rule
+        self.problems: list[tuple[str, Any, str]] = problems or [(setting, value, rule)]
+        text = "; ".join(f"{s} = {_short(v)}: {r}" for s, v, r in self.problems)
+        super().__init__(f"invalid setting {text}. Fix the value and try again.")

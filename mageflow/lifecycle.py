@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mageflow.errors import InvalidTransitionError, SignatureNotFoundError, TaskAlreadyRunningError
+from mageflow.errors import (
+    InvalidArgumentError,
+    InvalidTransitionError,
+    SignatureNotFoundError,
+    TaskAlreadyRunningError,
+    UnknownActionError,
+)
 from mageflow.store.schema import Control, Verdict
 
 if TYPE_CHECKING:
@@ -23,9 +29,9 @@ async def control(client: Workspace, key: str, action: Control | str) -> None:
     try:
         request = Control(action)
     except ValueError:
-        raise ValueError(
-            f"unknown lifecycle action {action!r}; use one of {[c.value for c in Control]}"
-        ) from None
+        raise UnknownActionError(action, [c.value for c in Control]) from None
+    if not isinstance(key, str):
+        raise InvalidArgumentError("a signature key", "a string (Signature.key)", key)
     await client.ensure_started()
     record = await client.store.load(key)  # follows forwarding notes to the current key
     answer = await client.store.control(record.key, request)

@@ -23,13 +23,17 @@ from mageflow.errors import (
     CallbackModelError,
     MessageValidationError,
     NonRetryableError,
+    NotARecordError,
+    PoisonMessageError,
 )
 from mageflow.models.message import TaskError, error_field, return_field
+from mageflow.poison import DeadLetters, check_attempt, poison
 from mageflow.scopes import enter_run, exit_run
 from mageflow.sender import ERROR_KEY, Sender
+from mageflow.store.dead_letters import DeadLetterStore
 from mageflow.store.records import Record, dumps
 from mageflow.store.redis_store import Store
-from mageflow.store.schema import Field, Verdict
+from mageflow.store.schema import Answer, Field, PoisonReason, Verdict
 from mageflow.tasks import TaskDef, resolve_model
 
 log = logging.getLogger("mageflow")
@@ -85,13 +89,16 @@ class Runtime:
         self.sender = sender
         self.config = config
         self._lease_ms = int(config.lease_seconds * 1000)
+        self.dead = DeadLetters(DeadLetterStore(store.redis, store.keys))
 
     # -- one delivery ---------------------------------------------------------------------------
 
     async def run(self, task: TaskDef, envelope: Envelope, attempt: int, ctx: Any) -> RunOutcome:
-        claim = await self.store.start_task(
-            envelope.sig, attempt, self._lease_ms, envelope.to_json()
-        )
+        try:
+            claim = await self._claim(task, envelope, attempt)
+        except PoisonMessageError as exc:
+            await self.dead.bury(exc, envelope.to_json(), f"{type(self.engine).__name__}")
+            return RunOutcome("rejected", error=exc, reason=exc.reason)
         if claim.verdict is not Verdict.RUN:
             reason = claim.detail[0] if claim.verdict is Verdict.STATUS else claim.verdict.value
             log.debug("skip %s (%s): %s", task.name, envelope.sig, reason)
@@ -120,6 +127,33 @@ class Runtime:
             exit_run(scope)
         await self.finish(envelope.sig, "done", value, "")
         return RunOutcome("done", result=result)
+
+    async def _claim(self, task: TaskDef, envelope: Envelope, attempt: int) -> Answer:
+        """The claim of this delivery; PoisonMessageError for one that can never run."""
+        check_attempt(attempt, task)
+        try:
+            claim = await self.store.start_task(
+                envelope.sig, task.name, attempt, self._lease_ms, envelope.to_json()
+            )
+        except NotARecordError as exc:
+            reason = PoisonReason.FOREIGN_KEY if exc.foreign else PoisonReason.NOT_A_RECORD
+            raise poison(reason, str(exc), task.name, envelope.sig) from exc
+        if claim.verdict is Verdict.WRONG_TASK:
+            raise poison(
+                PoisonReason.WRONG_TASK,
+                f"the message is for task {task.name!r} but {envelope.sig} is a signature of "
+                f"{claim.detail[0] or 'no task (a chain or swarm)'!r}",
+                task.name,
+                envelope.sig,
+            )
+        if claim.verdict is Verdict.MISSING:
+            raise poison(
+                PoisonReason.MISSING_SIGNATURE,
+                f"no signature is stored under {envelope.sig} (never created, or it expired)",
+                task.name,
+                envelope.sig,
+            )
+        return claim
 
     def _model(self, task: TaskDef, override: str) -> type[BaseModel] | None:
         return resolve_model(override) if override else task.input_validator

@@ -20,23 +20,13 @@ from mageflow.errors import (
 )
 from mageflow.models.message import TaskError
 from mageflow.status import SignatureStatus
-from mageflow.store.records import Record, kwarg_fields, loads
+from mageflow.store.records import Record, kwarg_fields, loads, message_dict
 from mageflow.store.schema import Control, Field, Verdict
 
 if TYPE_CHECKING:
     from mageflow.workspace import Workspace
 
 Message = BaseModel | dict[str, Any] | None
-
-
-def message_dict(msg: Message) -> dict[str, Any]:
-    if msg is None:
-        return {}
-    if isinstance(msg, BaseModel):
-        return msg.model_dump(mode="json", by_alias=True)
-    if isinstance(msg, dict):
-        return dict(msg)
-    raise TypeError(f"a message must be a pydantic model or a dict, not {type(msg).__name__}")
 
 
 class BoundKwargs(dict[str, Any]):

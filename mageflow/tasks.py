@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from mageflow.errors import ConfigurationError
 from mageflow.models.message import error_field, return_field
+from mageflow.store.records import message_dict
 
 if TYPE_CHECKING:
     from mageflow.signature import Signature
@@ -67,20 +68,21 @@ def remember_model(model: type[BaseModel]) -> str:
 
 
 def resolve_model(path: str) -> type[BaseModel]:
+    """The model a stored ``model`` field names. Data in Redis never chooses code to import: the
+    model must be one this process signed with, or a class of a module already imported here
+    (the worker's app module, say). A forged record can at most pick another loaded model."""
     if path in _models:
         return _models[path]
     module_name, _, qualname = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(
-            f"cannot import message model {path!r} on this worker: {exc}. Define the model at "
-            "module level in a module the worker imports."
-        ) from exc
+    obj: Any = sys.modules.get(module_name)
+    for part in qualname.split(".") if obj is not None else ():
+        obj = getattr(obj, part, None)
     if not (isinstance(obj, type) and issubclass(obj, BaseModel)):
-        raise ConfigurationError(f"{path!r} is not a pydantic model")
+        raise ConfigurationError(
+            f"message model {path!r} is not loaded on this worker (mageflow never imports a "
+            "module a stored record names). Define the model at module level in a module the "
+            "worker imports, such as the one with its tasks."
+        )
     _models[path] = obj
     return obj
 
@@ -139,12 +141,14 @@ class MageflowTask:
 
     async def aio_run(self, msg: BaseModel | dict[str, Any] | None = None, **kwargs: Any) -> Any:
         """Run once through the engine (a fresh signature) and return the result."""
+        data = message_dict(msg)  # a bad message is refused before a signature is stored
         sig = await self.client.sign(self, **kwargs)
-        return await sig.aio_run(msg)
+        return await sig.aio_run(data)
 
     async def aio_run_no_wait(
         self, msg: BaseModel | dict[str, Any] | None = None, **kwargs: Any
     ) -> Signature:
+        data = message_dict(msg)
         sig = await self.client.sign(self, **kwargs)
-        await sig.aio_run_no_wait(msg)
+        await sig.aio_run_no_wait(data)
         return sig

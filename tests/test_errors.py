@@ -15,18 +15,27 @@ from mageflow import (
     CallbackModelError,
     ConfigurationError,
     ContextMessage,
+    InvalidArgumentError,
+    InvalidSettingError,
     InvalidTransitionError,
     Mageflow,
     MageflowConfig,
     MageflowError,
     MessageValidationError,
     RedisUnavailableError,
+    SerializationError,
     SignatureNotFoundError,
     SignatureStatus,
+    SwarmConfig,
     TaskError,
     TaskFailedError,
+    TTLConfig,
+    UnknownActionError,
     UnknownTaskError,
 )
+from mageflow.config import KindTTL
+from mageflow.lifecycle import control
+from mageflow.store.keys import KeySchema
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
@@ -318,3 +327,151 @@ async def test_running_a_finished_signature_again_is_refused(mf: Mageflow) -> No
     again = await mageflow.load_signature(sig.key)
     with pytest.raises(InvalidTransitionError):
         await again.aio_run_no_wait(Item(item_id=3))
+
+
+# -- input validation at the edges ----------------------------------------------------------------
+
+
+async def test_signing_something_that_is_not_a_task_is_an_invalid_argument(
+    mf: Mageflow, sync_redis: redis.Redis, namespace: str
+) -> None:
+    register_basics(mf)
+    bad: Any = 123
+    with pytest.raises(InvalidArgumentError) as info:
+        await mf.sign(bad)
+    assert isinstance(info.value, MageflowError) and isinstance(info.value, TypeError)
+    assert info.value.argument == "a task" and info.value.value_type == "int"
+    assert "@mf.task" in str(info.value) and "not int" in str(info.value)
+    with pytest.raises(InvalidArgumentError):
+        await mageflow.sign("alpha", success_callbacks=[bad])
+    assert sig_keys(sync_redis, namespace) == []
+
+
+async def test_a_message_that_is_not_a_model_or_dict_is_an_invalid_argument(
+    mf: Mageflow, sync_redis: redis.Redis, namespace: str
+) -> None:
+    @mf.task
+    async def strict(msg: Item) -> int:
+        return msg.item_id
+
+    bad: Any = [1, 2]
+    with pytest.raises(InvalidArgumentError) as info:
+        await strict.aio_run(bad)
+    assert isinstance(info.value, MageflowError) and isinstance(info.value, TypeError)
+    assert info.value.value_type == "list"
+    assert "pydantic model, a dict or None" in str(info.value)
+    assert sig_keys(sync_redis, namespace) == []  # refused before a signature was stored
+    sig = await mf.sign(strict)
+    with pytest.raises(InvalidArgumentError):
+        await sig.aio_run_no_wait(bad)
+    assert await sig.aio_run({"item_id": 4}) == 4
+
+
+@pytest.mark.parametrize("value", [object(), {1, 2}, {"deep": [frozenset({1})]}])
+async def test_a_bound_kwarg_that_is_not_json_able_is_a_serialization_error(
+    mf: Mageflow, sync_redis: redis.Redis, namespace: str, value: Any
+) -> None:
+    register_basics(mf)
+    with pytest.raises(SerializationError) as info:
+        await mf.sign("alpha", x=value)
+    assert isinstance(info.value, MageflowError) and isinstance(info.value, TypeError)
+    assert isinstance(info.value, ValueError)
+    assert info.value.field == "x" and info.value.where == "bound kwarg"
+    assert "'x'" in str(info.value) and "JSON-able" in str(info.value)
+    assert sig_keys(sync_redis, namespace) == []
+    sig = await mf.sign("alpha")
+    with pytest.raises(SerializationError, match="'y'"):
+        await sig.kwargs.aupdate(y=value)
+    with pytest.raises(SerializationError, match="message field 'z'"):
+        await sig.aio_run_no_wait({"item_id": 1, "z": value})
+    assert await sig.aio_run({"item_id": 7}) == 7  # the refused message did not use it up
+
+
+def test_invalid_config_values_are_configuration_errors() -> None:
+    with pytest.raises(InvalidSettingError) as info:
+        SwarmConfig(max_concurrency=0)
+    err = info.value
+    assert isinstance(err, ConfigurationError) and isinstance(err, MageflowError)
+    assert isinstance(err, ValueError)
+    assert (err.setting, err.value) == ("SwarmConfig.max_concurrency", 0)
+    assert "greater than 0" in err.rule and "SwarmConfig.max_concurrency" in str(err)
+    with pytest.raises(InvalidSettingError) as info:
+        MageflowConfig(ttl={"chain": {"done_ttl": 0}}, pass_context="maybe")  # type: ignore[arg-type]
+    settings = [s for s, _v, _r in info.value.problems]
+    assert settings == ["MageflowConfig.ttl.chain.done_ttl", "MageflowConfig.pass_context"]
+    with pytest.raises(InvalidSettingError, match="stop_after_n_failures"):
+        SwarmConfig.model_validate({"stop_after_n_failures": -1})
+    # Valid input builds the models as before.
+    assert SwarmConfig(max_concurrency=2, max_task_allowed=5).max_task_allowed == 5
+    assert MageflowConfig(namespace="a.b-c:d_1", lease_seconds=1).lease_seconds == 1
+
+
+@pytest.mark.parametrize("namespace_value", ["", "x\n", "has space", "a{b}"])
+def test_a_bad_namespace_is_a_configuration_error(namespace_value: str) -> None:
+    with pytest.raises(InvalidSettingError) as info:
+        MageflowConfig(namespace=namespace_value)
+    assert isinstance(info.value, ConfigurationError) and isinstance(info.value, ValueError)
+    assert info.value.value == namespace_value and "letters, digits" in info.value.rule
+    with pytest.raises(InvalidSettingError) as info:
+        KeySchema(namespace_value)
+    assert info.value.setting == "namespace"
+
+
+async def test_an_unknown_lifecycle_action_is_refused(mf: Mageflow) -> None:
+    register_basics(mf)
+    sig = await mf.sign("alpha")
+    with pytest.raises(UnknownActionError) as info:
+        await control(mf, sig.key, "pause")
+    err = info.value
+    assert isinstance(err, MageflowError) and isinstance(err, ValueError)
+    assert err.action == "pause" and "suspend" in err.allowed
+    assert "'pause'" in str(err) and "cancel" in str(err)
+    assert await sig.astatus() is SignatureStatus.PENDING
+
+
+@pytest.mark.parametrize("key", [None, 42, b"bytes"])
+async def test_a_key_that_is_not_a_string_is_refused_before_redis(namespace: str, key: Any) -> None:
+    # The client cannot reach Redis: the key is refused before it would try.
+    client = Mageflow(None, UNREACHABLE, config=MageflowConfig(namespace=namespace))
+    with pytest.raises(InvalidArgumentError) as info:
+        await client.load_signature(key)
+    assert isinstance(info.value, MageflowError) and isinstance(info.value, TypeError)
+    assert "Signature.key" in str(info.value)
+    with pytest.raises(InvalidArgumentError):
+        await mageflow.cancel(key)
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"active_ttl": 0.5},
+        {"done_ttl": 0},
+        {"task": {"active_ttl": 0.9}},
+        {"swarm": {"done_ttl": -1}},
+    ],
+)
+def test_ttls_below_one_second_are_refused(settings: dict[str, Any]) -> None:
+    with pytest.raises(InvalidSettingError) as info:
+        TTLConfig(**settings)
+    assert isinstance(info.value, ConfigurationError) and isinstance(info.value, ValueError)
+    assert "the minimum is 1 second" in str(info.value)
+    with pytest.raises(InvalidSettingError, match=r"lease_seconds.*the minimum is 0.1 second"):
+        MageflowConfig(lease_seconds=0.05)
+    assert TTLConfig(active_ttl=1, done_ttl=1, chain=KindTTL(done_ttl=1)).done_ttl == 1
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_an_empty_task_name_is_a_configuration_error(mf: Mageflow, name: str) -> None:
+    with pytest.raises(InvalidSettingError) as info:
+
+        @mf.task(name=name)
+        async def nameless(msg: Item) -> None:
+            return None
+
+    assert isinstance(info.value, ConfigurationError) and isinstance(info.value, ValueError)
+    assert info.value.setting == "task name" and "must not be empty" in str(info.value)
+    assert mf.tasks == {}
+    bad: Any = 5
+    with pytest.raises(InvalidArgumentError):
+        mf.durable_task(name=bad)(lambda msg: None)

@@ -181,7 +181,7 @@ async def test_invalid_transitions(mf: Mageflow, log: Log, final: str, action: s
     if final == "done":
         await sig.aio_run()
     elif final == "failed":
-        await mf.store.start_task(sig.key, 0, 60_000, Envelope(sig.key, {}).to_json())
+        await mf.store.start_task(sig.key, "work", 0, 60_000, Envelope(sig.key, {}).to_json())
         await mf.runtime.finish(sig.key, "failed", '{"type":"X","message":"x"}', "")
     elif final == "canceled":
         await sig.cancel()
@@ -371,7 +371,9 @@ async def race_once(mf: Mageflow, log: Log, kind: str, action: str, i: int) -> b
     if root is not target:  # started, but its launch of `target` is delivered by hand below
         assert not isinstance(await mf.store.start_container(root.key, "{}", ""), str)
     envelope = Envelope(sig=target.key, input={})
-    assert not isinstance(await mf.store.start_task(target.key, 0, 60_000, envelope.to_json()), str)
+    assert not isinstance(
+        await mf.store.start_task(target.key, "work", 0, 60_000, envelope.to_json()), str
+    )
 
     ctl, fin = await asyncio.gather(
         after(getattr(mageflow, action)(root.key)),

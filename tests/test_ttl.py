@@ -342,20 +342,20 @@ async def test_workflow_making_progress_outlives_the_active_ttl(
     assert log.fired == [f"{kind}-ok"]
 
 
-@pytest.mark.parametrize("config", [TTLConfig(active_ttl=30, done_ttl=0.5)], indirect=True)
+@pytest.mark.parametrize("config", [TTLConfig(active_ttl=30, done_ttl=1)], indirect=True)
 async def test_swarm_results_outlive_early_members_done_ttl(mf: Mageflow, log: Log) -> None:
-    members = [await leaf(mf, "fast"), await leaf(mf, "slow", sleep=1.2)]
+    members = [await leaf(mf, "fast"), await leaf(mf, "slow", sleep=2.2)]
     swarm = await mf.swarm(members, is_swarm_closed=True)
     assert await swarm.aio_run(timeout=5) == ["fast", "slow"]
 
 
-@pytest.mark.parametrize("config", [TTLConfig(active_ttl=30, done_ttl=0.5)], indirect=True)
+@pytest.mark.parametrize("config", [TTLConfig(active_ttl=30, done_ttl=1)], indirect=True)
 async def test_chain_paused_longer_than_done_ttl_resumes(mf: Mageflow, log: Log) -> None:
     chain = await mf.chain([await leaf(mf, "a", hold=True), await leaf(mf, "b")])
     waiter = asyncio.create_task(chain.aio_run(timeout=5))
     await until(lambda: log.started == ["a"])
     await chain.suspend()
     log.gates["a"].set()
-    await asyncio.sleep(1.2)  # `a` finished long ago
+    await asyncio.sleep(2.2)  # `a` finished long ago
     await chain.resume()
     assert await waiter == "b"

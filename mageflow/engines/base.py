@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 
 from mageflow.envelope import Envelope
-from mageflow.errors import ConfigurationError
+from mageflow.errors import ConfigurationError, PoisonMessageError
 from mageflow.store.keys import KeySchema
 
 if TYPE_CHECKING:
@@ -36,7 +36,8 @@ class RunOutcome:
     """What one delivery of a task came to. The runner never raises for a task's own error.
 
     ``status`` is ``done``, ``failed`` (final: callbacks fired), ``retry`` (this attempt failed and
-    the engine should run attempt + 1) or ``skipped`` (duplicate, paused or canceled: do nothing).
+    the engine should run attempt + 1), ``skipped`` (duplicate, paused or canceled: do nothing) or
+    ``rejected`` (poison: the core dead-lettered it; acknowledge it and never retry it).
     """
 
     status: str
@@ -62,6 +63,9 @@ class EngineServices:
     lease_seconds: float
     #: (status, attempt, lease end ms, Redis time ms) of a signature: who holds it, until when.
     claim_state: Callable[[str], Awaitable[tuple[str, int, int, int]]]
+    #: Dead-letter a poison delivery: (error, the message as received, where it came from).
+    #: Raises when the letter cannot be written; the engine then leaves the message for later.
+    bury: Callable[[PoisonMessageError, Any, str], Awaitable[str]]
 
 
 Runner = Callable[["TaskDef", Envelope, int, Any], Awaitable[RunOutcome]]

@@ -333,6 +333,9 @@ def _report(task: TaskDef, outcome: RunOutcome) -> dict[str, Any]:
             # when the lease has expired, instead of recording a run that did nothing.
             raise RuntimeError(f"signature of task {task.name!r} is held by another worker")
         return {}
+    if outcome.status == "rejected":
+        # Poison: dead-lettered by the core. Hatchet shows the run failed and does not retry it.
+        raise NonRetryableException(f"dead-lettered: {outcome.error}")
     error = outcome.error or RuntimeError(f"task {task.name!r} failed")
     if outcome.status == "retry":
         raise error

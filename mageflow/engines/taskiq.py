@@ -25,21 +25,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from taskiq import AsyncBroker, Context, TaskiqDepends
 from taskiq.kicker import AsyncKicker
-from taskiq.message import TaskiqMessage
 
 from mageflow.engines.base import Engine, EngineServices, Runner, RunOutcome
-from mageflow.engines.taskiq_streams import share_stream_client, stream_settings, sweep_streams
+from mageflow.engines.taskiq_streams import (
+    adapt_stream_broker,
+    set_junk_hook,
+    stream_settings,
+    sweep_streams,
+)
 from mageflow.envelope import Envelope
-from mageflow.errors import UnknownTaskError
+from mageflow.errors import ConfigurationError, PoisonMessageError, RedisUnavailableError
+from mageflow.poison import poison
 from mageflow.status import SignatureStatus
+from mageflow.store.keys import KeySchema
+from mageflow.store.schema import PoisonReason
 from mageflow.tasks import TaskDef
 
 if TYPE_CHECKING:
@@ -82,7 +87,7 @@ class TaskiqEngine(Engine):
 
     def __init__(self, broker: AsyncBroker, *, manage_broker: bool = True) -> None:
         self.broker = broker
-        share_stream_client(broker)
+        adapt_stream_broker(broker)
         self.manage_broker = manage_broker
         self.draining = False  # set by the worker at shutdown: waiting deliveries let go
         self._tasks: dict[str, tuple[TaskDef, Runner]] = {}
@@ -111,6 +116,17 @@ class TaskiqEngine(Engine):
 
     def names(self) -> list[str]:
         return sorted(self._tasks)
+
+    def task(self, name: str) -> TaskDef | None:
+        """The task registered here under ``name``, if any."""
+        found = self._tasks.get(name)
+        return found[0] if found else None
+
+    def keys(self) -> KeySchema:
+        """The key schema of the client this engine started with."""
+        if self._services is None:
+            raise ConfigurationError("the Taskiq engine has not been started by a client yet")
+        return self._services.keys
 
     async def dispatch(self, task: TaskDef | str, envelope: Envelope) -> str | None:
         await self.send(task if isinstance(task, str) else task.name, envelope, 0)
@@ -160,6 +176,7 @@ class TaskiqEngine(Engine):
         settings = stream_settings(self.broker)
         if settings is not None:
             self._loops.append(loop.create_task(sweep_streams(settings)))
+        set_junk_hook(self.broker, self._junk)
 
     async def stop(self) -> None:
         for loop in self._loops:
@@ -367,29 +384,30 @@ class TaskiqEngine(Engine):
             await asyncio.sleep(min(poll, (lease - now) / 1000 + 0.05))
         return "leave"
 
-    async def reject_unknown(self, message: TaskiqMessage) -> None:
-        """A message for a task this worker does not register: log it loudly and fail its
-        signature (taskiq alone would drop it with a warning and the workflow would hang)."""
-        name = message.task_name
-        log.error(
-            "received a message for task %r, which this worker (%s pid %d) does not register; it "
-            "knows %s. Every worker reading a queue must import every task sent to that queue.",
-            name,
-            socket.gethostname(),
-            os.getpid(),
-            self.names() or "no tasks",
+    async def bury(self, error: PoisonMessageError, data: Any, source: str) -> bool:
+        """Dead-letter a poison delivery; True when it may be acknowledged (the letter is
+        written), False to leave the message to the broker for later (Redis is down)."""
+        services = self._services
+        if services is None:
+            log.error("poison message from %s not dead-lettered (no client): %s", source, error)
+            return False
+        try:
+            await services.bury(error, data, source)
+        except RedisUnavailableError as exc:
+            log.warning("could not dead-letter a message from %s yet (%s)", source, exc)
+            return False
+        return True
+
+    async def _junk(self, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> bool:
+        names = sorted(k.decode("utf-8", "replace") for k in fields)
+        error = poison(
+            PoisonReason.NO_DATA,
+            f"the stream entry has no 'data' field (fields: {', '.join(names) or 'none'})",
         )
-        payload = message.kwargs.get("envelope")
-        if not self._tasks or not isinstance(payload, dict) or "sig" not in payload:
-            return
-        error = UnknownTaskError(name, self.names())
-
-        async def unknown(*_: Any) -> Any:
-            raise error
-
-        runner = next(iter(self._tasks.values()))[1]
-        attempt = int(message.kwargs.get("attempt") or 0)
-        await runner(TaskDef(name=name, fn=unknown), Envelope.from_dict(payload), attempt, None)
+        raw = {
+            k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()
+        }
+        return await self.bury(error, raw, f"taskiq stream {stream} entry {entry_id}")
 
 
 def _text(value: Any) -> str:

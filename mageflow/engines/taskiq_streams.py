@@ -5,18 +5,27 @@ consumers (``XAUTOCLAIM`` after ``idle_timeout`` ms), but only right after a rea
 new messages: a quiet queue never recovers what a killed worker held, so a workflow waiting on
 those messages would wait forever. Every mageflow worker therefore runs :func:`sweep_streams`,
 which moves entries idle for longer than ``idle_timeout`` back to the end of their stream as new
-entries (one Lua script: claim, re-add, acknowledge, delete), where any worker reads them.
+entries (one Lua script: claim, re-add, acknowledge, delete), where any worker reads them. The
+same round trims what every consumer group has read and acknowledged (``XTRIM MINID``), so the
+stream does not grow without bound.
+
+:func:`adapt_stream_broker` also replaces the broker's ``listen``: taskiq-redis's ends (and takes
+the worker with it) on the first lost connection, and fails on every entry without a ``data``
+field. Ours reconnects with backoff, creates the consumer group again if the broker's Redis lost
+it, and hands entries without data to the engine's dead-letter hook.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
-from taskiq import AsyncBroker
+from taskiq import AckableMessage, AsyncBroker
 
 log = logging.getLogger("mageflow.taskiq")
 
@@ -34,11 +43,52 @@ for _, entry in ipairs(claimed[2]) do
   redis.call('XACK', KEYS[1], ARGV[1], id)
   redis.call('XDEL', KEYS[1], id)
 end
+-- Trim what every group has read and acknowledged: entries older than the oldest of each
+-- group's last-delivered id and pending entries are of no use to anyone.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local function parse(id)
+    local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+    return tonumber(ms or '0'), tonumber(seq or '0')
+  end
+  local function before(a, b)
+    local am, as = parse(a)
+    local bm, bs = parse(b)
+    return am < bm or (am == bm and as < bs)
+  end
+  local floor = nil
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    local last = info['last-delivered-id']
+    if last and (floor == nil or before(last, floor)) then floor = last end
+    if tonumber(info['pending'] or 0) > 0 then
+      local oldest = redis.call('XPENDING', KEYS[1], info['name'])[2]
+      if oldest and before(oldest, floor) then floor = oldest end
+    end
+  end
+  if floor then redis.call('XTRIM', KEYS[1], 'MINID', '~', floor) end
+end
 return moved
 """
 
 SWEEPER_CONSUMER = "mageflow-sweeper"
 BATCH = 100
+#: Pauses before reading again after the broker's Redis failed a read (the last one repeats).
+RECONNECT_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+#: Pauses between tries of an acknowledgement that cannot reach the broker's Redis. One that
+#: never gets through only means the message comes back and is skipped as finished.
+ACK_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+_CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+
+#: What the engine does with a stream entry that has no ``data`` field: (stream, id, fields);
+#: it dead-letters the entry and returns True when it may be acknowledged.
+JunkHook = Callable[[str, str, dict[bytes, bytes]], Awaitable[bool]]
+
+
+class StreamMessage(AckableMessage):
+    """A delivery from a Redis stream, with where it came from (for dead letters)."""
+
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +228,9 @@ def _stream_warnings(s: StreamSettings, concurrency: int) -> list[str]:
     return out
 
 
-def share_stream_client(broker: AsyncBroker) -> None:
-    """Make a RedisStreamBroker send (XADD) and acknowledge (XACK) through one long-lived client.
+def adapt_stream_broker(broker: AsyncBroker) -> None:
+    """Make a RedisStreamBroker send (XADD) and acknowledge (XACK) through one long-lived client,
+    and listen with :func:`_listen` (see the module doc).
 
     taskiq-redis builds a new ``Redis(connection_pool=...)`` for every kick and every ack; in
     redis-py 8 that constructor is costly (it rebuilds the response-callback table), and on a
@@ -203,10 +254,101 @@ def share_stream_client(broker: AsyncBroker) -> None:
 
     def ack_generator(id: str, queue_name: str) -> Any:
         async def ack() -> None:
-            await client.xack(queue_name, stream.consumer_group_name, id)
+            await _ack(client, queue_name, stream.consumer_group_name, id)
 
         return ack
 
     stream.kick = kick
     stream._ack_generator = ack_generator
+    stream.listen = lambda: _listen(stream, client)
     stream._mageflow_shared = True
+
+
+def set_junk_hook(broker: AsyncBroker, hook: JunkHook) -> None:
+    """Where a worker's stream listener sends entries without data (see :data:`JunkHook`)."""
+    if getattr(broker, "_mageflow_shared", False):
+        broker._mageflow_junk = hook  # type: ignore[attr-defined]
+
+
+async def _ack(client: Redis, stream: str, group: str, entry_id: str) -> None:
+    for pause in (*ACK_BACKOFF, None):
+        try:
+            await client.xack(stream, group, entry_id)
+            return
+        except _CONNECTION_ERRORS as exc:
+            if pause is None:
+                log.warning(
+                    "could not acknowledge stream entry %s (%r); it will be delivered again "
+                    "and skipped, its signature having finished",
+                    entry_id,
+                    exc,
+                )
+                return
+            await asyncio.sleep(pause)
+
+
+async def _listen(stream: Any, client: Redis) -> AsyncGenerator[AckableMessage, None]:
+    """Deliveries from the broker's streams, forever: a failed read is retried with backoff."""
+    failures = 0
+    streams = {stream.queue_name: ">", **stream.additional_streams}
+    while True:
+        try:
+            fetched: Any = await client.xreadgroup(
+                stream.consumer_group_name,
+                stream.consumer_name,
+                streams,
+                block=stream.block,
+                count=stream.count,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failures += 1
+            await _recover_read(stream, exc, failures)
+            continue
+        if failures:
+            log.warning("reading from the broker's Redis again after %d failed read(s)", failures)
+            failures = 0
+        for name, entries in fetched or []:
+            queue = name.decode() if isinstance(name, bytes) else str(name)
+            for raw_id, fields in entries:
+                entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+                data = fields.get(b"data") if isinstance(fields, dict) else None
+                if data is None:
+                    await _junk(stream, client, queue, entry_id, fields or {})
+                    continue
+                yield StreamMessage(
+                    data=data,
+                    ack=stream._ack_generator(id=entry_id, queue_name=queue),
+                    source=f"taskiq stream {queue} entry {entry_id}",
+                )
+
+
+async def _recover_read(stream: Any, exc: BaseException, failures: int) -> None:
+    pause = RECONNECT_BACKOFF[min(failures, len(RECONNECT_BACKOFF)) - 1]
+    if isinstance(exc, redis_errors.ResponseError) and "NOGROUP" in str(exc):
+        log.warning(
+            "the broker's stream or consumer group %r is gone (its Redis restarted without its "
+            "data?): creating it again. Messages that Redis lost are sent again by mageflow's "
+            "recovery only if they were still in its outbox.",
+            stream.consumer_group_name,
+        )
+        try:
+            await stream._declare_consumer_group()
+        except Exception as again:  # still down: the next read tells
+            log.debug("could not create the consumer group yet: %r", again)
+    else:
+        level = (
+            logging.WARNING if failures == 1 or pause == RECONNECT_BACKOFF[-1] else logging.DEBUG
+        )
+        log.log(level, "lost the broker's Redis (%r); reading again in %.1f s", exc, pause)
+    await asyncio.sleep(pause)
+
+
+async def _junk(stream: Any, client: Redis, queue: str, entry_id: str, fields: Any) -> None:
+    hook: JunkHook | None = getattr(stream, "_mageflow_junk", None)
+    if hook is None:
+        log.error("stream %s entry %s has no data field; leaving it", queue, entry_id)
+        return
+    if await hook(queue, entry_id, dict(fields)):
+        await _ack(client, queue, stream.consumer_group_name, entry_id)

@@ -8,8 +8,10 @@ under our own loop:
 * SIGTERM / SIGINT: stop fetching, let running tasks finish, exit 0; a second signal (more than a
   second after the first) or ``shutdown_timeout`` forces the exit (code 1), leaving unfinished
   messages unacknowledged so the broker delivers them again;
-* a message for a task the worker does not register is logged as an error and its signature
-  fails with UnknownTaskError, instead of being dropped with a warning.
+* a message that can never run (undecodable, a bad label, a task the worker does not register, a
+  payload that is not a mageflow envelope, an absurd attempt number, a key that is no record of
+  this namespace) is dead-lettered, logged once and acknowledged (see mageflow/poison.py);
+* a lost connection to the broker's or the state's Redis is retried with backoff, never fatal.
 
 With ``workers > 1`` a supervisor starts that many ``python -m mageflow.engines.taskiq_worker``
 children, forwards the first signal, and replaces a child that dies after running a while.
@@ -24,6 +26,7 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from taskiq import AckableMessage
+from taskiq.acks import parse_acknowledge_type
 from taskiq.message import TaskiqMessage
 from taskiq.receiver import Receiver
 from taskiq.utils import maybe_awaitable
@@ -39,7 +43,9 @@ from taskiq.utils import maybe_awaitable
 from mageflow.engines.base import Engine
 from mageflow.engines.taskiq import TaskiqEngine
 from mageflow.engines.taskiq_streams import broker_warnings
-from mageflow.errors import ConfigurationError
+from mageflow.errors import ConfigurationError, PoisonMessageError
+from mageflow.poison import check_attempt, check_envelope, poison
+from mageflow.store.schema import PoisonReason
 from mageflow.workspace import Workspace
 
 log = logging.getLogger("mageflow.worker")
@@ -53,28 +59,62 @@ FORCE_EXIT_AFTER = 10.0  # after forcing, exit hard if cleanup still hangs this 
 
 
 class MageflowReceiver(Receiver):
-    """taskiq's receiver, except that messages for unknown tasks fail loudly (see
-    :meth:`TaskiqEngine.reject_unknown`) instead of being dropped with a warning."""
+    """taskiq's receiver, except that a message that can never run (see mageflow/poison.py) is
+    dead-lettered and acknowledged before taskiq sees it: taskiq alone drops unparsable messages
+    and unknown tasks with a warning, and loops forever on a label or payload it chokes on."""
 
     def __init__(self, engine: TaskiqEngine, **kwargs: Any) -> None:
         super().__init__(engine.broker, **kwargs)
         self.engine = engine
 
     async def callback(self, message: bytes | AckableMessage, raise_err: bool = False) -> None:
-        parsed = self._peek(message)
-        if parsed is None or self.broker.find_task(parsed.task_name) is not None:
-            await super().callback(message, raise_err)
-            return
-        await self.engine.reject_unknown(parsed)
-        if isinstance(message, AckableMessage):
-            await maybe_awaitable(message.ack())
-
-    def _peek(self, message: bytes | AckableMessage) -> TaskiqMessage | None:
         data = message.data if isinstance(message, AckableMessage) else message
         try:
-            return self.broker.formatter.loads(message=data)
-        except Exception:  # taskiq's own callback reports unreadable messages
-            return None
+            self.inspect(data)
+        except PoisonMessageError as exc:
+            source = getattr(message, "source", "") or "taskiq"
+            if await self.engine.bury(exc, data, source) and isinstance(message, AckableMessage):
+                await maybe_awaitable(message.ack())
+            return
+        await super().callback(message, raise_err)
+
+    def inspect(self, data: bytes) -> TaskiqMessage:
+        """The parsed message, if mageflow can run it; else PoisonMessageError."""
+        try:
+            parsed = self.broker.formatter.loads(message=data)
+        except Exception as exc:
+            raise poison(PoisonReason.UNDECODABLE, f"cannot decode the message: {exc}") from exc
+        name = parsed.task_name
+        try:
+            parsed.parse_labels()
+            _check_labels(parsed.labels)
+        except Exception as exc:
+            raise poison(PoisonReason.BAD_LABEL, f"bad label: {exc}", name) from exc
+        found = self.engine.task(name)
+        if found is None:
+            raise poison(
+                PoisonReason.UNKNOWN_TASK,
+                f"this worker ({socket.gethostname()} pid {os.getpid()}) registers no task "
+                f"{name!r}; it knows {', '.join(self.engine.names()) or 'no tasks'}. Every worker "
+                "reading a queue must import every task sent to that queue.",
+                name,
+            )
+        extra = sorted(set(parsed.kwargs) - {"envelope", "attempt"})
+        if parsed.args or extra:
+            raise poison(PoisonReason.BAD_ENVELOPE, f"unexpected arguments {extra or parsed.args}")
+        check_envelope(parsed.kwargs.get("envelope"), self.engine.keys(), name)
+        check_attempt(parsed.kwargs.get("attempt", 0), found)
+        return parsed
+
+
+def _check_labels(labels: dict[str, Any]) -> None:
+    """Labels taskiq's receiver acts on must parse, or it fails the message on every delivery."""
+    ack_type = labels.get("ack_type")
+    if ack_type is not None:
+        parse_acknowledge_type(ack_type)
+    timeout = labels.get("timeout")
+    if timeout is not None:
+        float(timeout)
 
 
 class TaskiqWorker:

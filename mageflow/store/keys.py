@@ -12,6 +12,7 @@ Layout, with the default namespace ``mageflow``::
     mageflow:sig:{wf}:<id>:cache      list   signatures a durable task created (retry cache)
     mageflow:outbox                   zset   queued messages not yet sent: "<key>@<ms>" -> queued at
     mageflow:leases                   zset   running tasks: signature key -> lease deadline (ms)
+    mageflow:dead                     stream dead letters: deliveries refused as poison
     mageflow:done:{wf}                pubsub channel announcing finished signatures to waiters
     mageflow:cancel                   pubsub channel asking workers to stop a running signature
 """
@@ -21,14 +22,16 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from functools import cache as _cached
 
+from mageflow.config import namespace_problem
+from mageflow.errors import InvalidSettingError
 from mageflow.store.schema import SubKey
 
 #: The segments that make signature keys and done channels (the Lua side gets them generated).
 SIG_SEGMENT = ":sig:"
 DONE_SEGMENT = ":done:"
-
-_NS_RE = re.compile(r"^[A-Za-z0-9_.\-:]+$")
+OUTBOX_SUFFIX = ":outbox"
 
 
 def new_id() -> str:
@@ -41,10 +44,9 @@ class KeySchema:
     namespace: str = "mageflow"
 
     def __post_init__(self) -> None:
-        if not _NS_RE.match(self.namespace):
-            raise ValueError(
-                f"invalid key namespace {self.namespace!r}: use letters, digits, '_', '.', '-', ':'"
-            )
+        problem = namespace_problem(self.namespace)
+        if problem is not None:
+            raise InvalidSettingError("namespace", self.namespace, problem)
 
     @property
     def registry(self) -> str:
@@ -61,7 +63,7 @@ class KeySchema:
     def outbox(self) -> str:
         """Index of queued messages that no receiver has claimed and no sender has confirmed.
         Each transition script adds its follow-ups here in the same step that queues them."""
-        return f"{self.namespace}:outbox"
+        return f"{self.namespace}{OUTBOX_SUFFIX}"
 
     @property
     def leases(self) -> str:
@@ -73,6 +75,16 @@ class KeySchema:
     def indexes(self) -> list[str]:
         """The index keys every transition script gets as KEYS[1] and KEYS[2]."""
         return [self.outbox, self.leases]
+
+    @property
+    def dead_letters(self) -> str:
+        """Stream of deliveries refused as poison (mageflow/poison.py), newest last."""
+        return f"{self.namespace}:dead"
+
+    def owns(self, key: object) -> bool:
+        """True when ``key`` is shaped like a signature key of this namespace (the scripts check
+        the same, and that the record carries the marker)."""
+        return isinstance(key, str) and _sig_re(self.namespace).fullmatch(key) is not None
 
     @property
     def cancel_channel(self) -> str:
@@ -88,6 +100,11 @@ class KeySchema:
         """Pattern matching every workflow's ``done`` channel (lib.lua publishes on
         ``<namespace>:done:{<wf>}``)."""
         return f"{self.namespace}{DONE_SEGMENT}*"
+
+
+@_cached
+def _sig_re(namespace: str) -> re.Pattern[str]:
+    return re.compile(re.escape(namespace + SIG_SEGMENT) + r"\{[^{}]+\}:[A-Za-z0-9_\-]+")
 
 
 def members(sig_key: str) -> str:

@@ -16,12 +16,22 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from mageflow.config import TTLConfig
-from mageflow.errors import RedisUnavailableError, SignatureNotFoundError
+from mageflow.errors import NotARecordError, RedisUnavailableError, SignatureNotFoundError
 from mageflow.store import keys as K
 from mageflow.store.batching import ScriptBatcher
 from mageflow.store.keys import KeySchema
 from mageflow.store.records import NewRecord, Record
-from mageflow.store.schema import Action, Answer, Control, Field, Kind, Notice, Verdict, decode
+from mageflow.store.schema import (
+    RECORD_MARK,
+    Action,
+    Answer,
+    Control,
+    Field,
+    Kind,
+    Notice,
+    Verdict,
+    decode,
+)
 from mageflow.store.scripts import SCRIPT_NAMES, script_source
 
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
@@ -64,11 +74,25 @@ class Store:
     # -- plumbing --------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
+    async def _guard(self, key: str = "") -> AsyncIterator[None]:
         try:
             yield
         except _CONNECTION_ERRORS as exc:
             raise RedisUnavailableError(describe(self.redis), exc) from exc
+        except redis_errors.ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):  # a plain read met a key that is no hash
+                raise NotARecordError(key or "?", self.keys.namespace, foreign=False) from exc
+            raise
+
+    def _check(self, key: object) -> str:
+        """``key`` if it is a signature key of this namespace; else NotARecordError, before any
+        Redis call."""
+        if not self.keys.owns(key):
+            raise NotARecordError(
+                repr(key) if not isinstance(key, str) else key, self.keys.namespace, foreign=True
+            )
+        assert isinstance(key, str)
+        return key
 
     def _active_ms(self, kind: str) -> int:
         """The active TTL (ms) of a new signature of ``kind``."""
@@ -85,7 +109,11 @@ class Store:
             return await self._batcher.call(self._sha[name], 2 + len(key_list), full)
 
     async def _run(self, name: str, key_list: list[str], args: list[Any]) -> Answer:
-        return decode(await self._call(name, key_list, args))
+        answer = decode(await self._call(name, key_list, args))
+        if answer.verdict in (Verdict.FOREIGN, Verdict.NOT_RECORD):
+            foreign = answer.verdict is Verdict.FOREIGN
+            raise NotARecordError(answer.detail[0], self.keys.namespace, foreign)
+        return answer
 
     def _script_args(self, key_list: list[str], args: list[Any], acks: str = "") -> list[Any]:
         """KEYS then ARGV of a script call, in the order lua/lib.lua expects."""
@@ -154,7 +182,7 @@ class Store:
                     pipe.evalsha(self._sha["adopt"], 4, *args)
                     is_move.append(True)
                 for rec in records:
-                    pipe.hset(rec.key, mapping=_mapping(rec.fields))
+                    pipe.hset(rec.key, mapping=_marked(rec.fields))
                     ttl_ms = self._active_ms(rec.fields.get(Field.KIND, Kind.TASK))
                     pipe.pexpire(rec.key, ttl_ms)
                     is_move += [False, False, *self._write_members(pipe, rec, ttl_ms)]
@@ -182,13 +210,13 @@ class Store:
                 # the note is short-lived (done TTL) so it never outlives the workflow.
                 pipe.delete(old, *K.sub_keys(old))
                 if new:
-                    pipe.hset(old, Field.MOVED, new)
+                    pipe.hset(old, mapping={Field.MARK: RECORD_MARK, Field.MOVED: new})
                     pipe.pexpire(old, int((self.ttl.task.done_ttl or self.ttl.done_ttl) * 1000))
                     # A waiter listening under the old key looks it up again (see waiting.py).
                     pipe.publish(self.keys.done_channel(old), f"{old} {Notice.MOVED}")
             for rec in records:
                 pipe.delete(rec.key)
-                pipe.hset(rec.key, mapping=_mapping(rec.fields))
+                pipe.hset(rec.key, mapping=_marked(rec.fields))
                 ttl_ms = self._active_ms(rec.fields.get(Field.KIND, Kind.TASK))
                 pipe.pexpire(rec.key, ttl_ms)
                 self._write_members(pipe, rec, ttl_ms)
@@ -206,14 +234,18 @@ class Store:
         return [False] * 4
 
     async def find(self, key: str) -> Record | None:
-        """The record under ``key`` (following forwarding notes), or None."""
-        async with self._guard():
-            for _ in range(MAX_FORWARDS):
+        """The record under ``key`` (following forwarding notes), or None. NotARecordError for
+        a key of another namespace or one that holds something else."""
+        for _ in range(MAX_FORWARDS):
+            self._check(key)
+            async with self._guard(key):
                 fields = _pairs_from_map(await self.redis.hgetall(key))
-                moved = fields.get(Field.MOVED)
-                if not moved:
-                    return Record(key, fields) if fields else None
-                key = moved
+            if fields and fields.get(Field.MARK) != RECORD_MARK:
+                raise NotARecordError(key, self.keys.namespace, foreign=False)
+            moved = fields.get(Field.MOVED)
+            if not moved:
+                return Record(key, fields) if fields else None
+            key = moved
         return None
 
     async def load(self, key: str) -> Record:
@@ -254,10 +286,13 @@ class Store:
 
     # -- transitions --------------------------------------------------------------------------
 
-    async def start_task(self, key: str, attempt: int, lease_ms: int, envelope: str) -> Answer:
-        """Claim a task for one attempt: V.RUN with its kwargs and model (``pairs()``), else why
-        this delivery may not run it."""
-        return await self._run("start_task", [key], [attempt, lease_ms, envelope])
+    async def start_task(
+        self, key: str, task: str, attempt: int, lease_ms: int, envelope: str
+    ) -> Answer:
+        """Claim signature ``key`` of ``task`` for one attempt: V.RUN with its kwargs and model
+        (``pairs()``), else why this delivery may not run it (V.WRONG_TASK for a record of
+        another task; NotARecordError for a key that is no record of this namespace)."""
+        return await self._run("start_task", [key], [attempt, lease_ms, envelope, task])
 
     async def finish(self, key: str, outcome: str, value: str, message: str) -> Answer:
         """Record a task's final outcome (V.SKIP when it was not running: a duplicate)."""
@@ -345,6 +380,11 @@ class Store:
 
 def _pairs_from_map(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {_s(k): _s(v) for k, v in raw.items()}
+
+
+def _marked(fields: Mapping[str, str]) -> Any:
+    """A new record's fields with the record marker the scripts look for."""
+    return {**fields, Field.MARK: RECORD_MARK}
 
 
 def _mapping(fields: Mapping[str, str]) -> Any:

@@ -51,6 +51,7 @@ class Field(StrEnum):
     """Fields of a signature hash. The comment says which group a field is in (see module doc)."""
 
     # -- plan: what to run --------------------------------------------------------------------
+    MARK = "mf"  # plan: the record marker (RECORD_MARK); scripts refuse a key without it
     KIND = "kind"  # plan: task | chain | swarm
     TASK = "task"  # plan: the registered task name (tasks only)
     NAME = "name"  # plan: display name
@@ -94,6 +95,7 @@ class Field(StrEnum):
 #: The plan group: what a copy of a signature keeps (the kwargs ``k:*`` belong to it too).
 PLAN = frozenset(
     {
+        Field.MARK,
         Field.KIND,
         Field.TASK,
         Field.NAME,
@@ -149,6 +151,10 @@ class Notice(StrEnum):
     NEVER = "never"  # it got the done TTL without running: it never will
 
 
+#: The value of :attr:`Field.MARK` on every record (and forwarding note) mageflow writes. A key
+#: without it is not a mageflow record, and no script changes it.
+RECORD_MARK = "1"
+
 #: Marks a swarm result slot whose member did not finish with a result: {"$mageflow_failed": err}.
 FAILED_MARK = "$mageflow_failed"
 
@@ -173,6 +179,41 @@ class Verdict(StrEnum):
     MOVED = "moved"  # the record moved (detail: its new key)
     OWNED = "owned"  # adopt: it belongs to another signature already
     TREE = "tree"  # adopt: it has callbacks or children, so it is moved as a whole subtree
+    FOREIGN = "foreign"  # any script: the key is not a signature key of this namespace
+    NOT_RECORD = "not_record"  # any script: the key holds something that is not a record
+    WRONG_TASK = "wrong_task"  # start_task: the record is of another task (detail: that task)
+
+
+class PoisonReason(StrEnum):
+    """Why a delivery was dead-lettered instead of run (see mageflow/poison.py)."""
+
+    UNDECODABLE = "undecodable"  # the engine's message could not be decoded at all
+    NO_DATA = "no_data"  # a stream entry without the field that holds the message
+    BAD_LABEL = "bad_label"  # a taskiq label the receiver would choke on
+    UNKNOWN_TASK = "unknown_task"  # no task of that name is registered in this worker
+    BAD_ENVELOPE = "bad_envelope"  # the payload is not a mageflow envelope
+    BAD_ATTEMPT = "bad_attempt"  # the attempt number is not an int in 0..retries
+    FOREIGN_KEY = "foreign_key"  # the signature key belongs to another namespace (or none)
+    NOT_A_RECORD = "not_a_record"  # the key holds something that is not a mageflow record
+    WRONG_TASK = "wrong_task"  # the signature is of another task than the message names
+    MISSING_SIGNATURE = "missing_signature"  # no record under the key (never made, or expired)
+
+
+class DeadField(StrEnum):
+    """Fields of a dead-letter stream entry."""
+
+    REASON = "reason"  # a PoisonReason
+    DETAIL = "detail"  # what exactly was wrong, in words
+    TASK = "task"  # the task name the message named ('' if unreadable)
+    KEY = "key"  # the signature key it named ('' if unreadable)
+    DATA = "data"  # the message as received (truncated to DEAD_DATA_LIMIT bytes)
+    SOURCE = "source"  # where it came from: engine and, for streams, the stream and entry id
+    WORKER = "worker"  # host:pid of the process that dead-lettered it
+    AT = "at"  # when (ms since the epoch)
+
+
+#: Bytes of a poison message kept in its dead letter.
+DEAD_DATA_LIMIT = 16384
 
 
 @dataclass(frozen=True, slots=True)

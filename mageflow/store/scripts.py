@@ -7,8 +7,8 @@ import json
 from functools import cache
 from importlib import resources
 
-from mageflow.store.keys import DONE_SEGMENT, SIG_SEGMENT
-from mageflow.store.schema import lua_constants
+from mageflow.store.keys import DONE_SEGMENT, OUTBOX_SUFFIX, SIG_SEGMENT
+from mageflow.store.schema import RECORD_MARK, lua_constants
 
 SCRIPT_NAMES = (
     "start_task",
@@ -32,8 +32,10 @@ def _read(name: str) -> str:
 
 
 def generated_prelude() -> str:
-    keys = f"local SEG = {{SIG={json.dumps(SIG_SEGMENT)}, DONE={json.dumps(DONE_SEGMENT)}}}"
-    return lua_constants() + "\n" + keys
+    segments = {"SIG": SIG_SEGMENT, "DONE": DONE_SEGMENT, "OUTBOX": OUTBOX_SUFFIX}
+    body = ", ".join(f"{k}={json.dumps(v)}" for k, v in segments.items())
+    mark = f"local RECORD_MARK = {json.dumps(RECORD_MARK)}"
+    return "\n".join([lua_constants(), f"local SEG = {{{body}}}", mark])
 
 
 @cache

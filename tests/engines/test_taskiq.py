@@ -499,9 +499,12 @@ async def test_second_signal_forces_exit_and_the_task_runs_again(
 
 
 @pytest.mark.timeout(120)
-async def test_message_for_a_task_the_worker_lacks_fails_loudly(
+async def test_message_for_a_task_the_worker_lacks_is_dead_lettered(
     clusters: Callable[..., Cluster],
 ) -> None:
+    """A worker that lacks the task cannot judge the signature: it acknowledges the message,
+    dead-letters it with the reason and leaves the record as it was (a forged message must not
+    fail a real signature)."""
     cluster = clusters("stream")
     worker = cluster.start()
     async with cluster.producer() as mf:
@@ -512,10 +515,17 @@ async def test_message_for_a_task_the_worker_lacks_fails_loudly(
 
         await registered(cluster, mf)
         sig = await mf.sign("producer_only")
-        with pytest.raises(TaskFailedError, match="UnknownTaskError"):
-            await sig.aio_run({}, timeout=30)
-    assert "does not register" in cluster.log(worker)
-    await until(lambda: cluster.pending() == 0, 10, "the message acknowledged")
+        await sig.aio_run_no_wait({})
+        dead = f"{cluster.namespace}:dead"
+        await until(lambda: cluster.sync.xlen(dead) == 1, 30, "the message dead-lettered")
+        [(_, letter)] = cluster.sync.xrange(dead)
+        assert letter["reason"] == "unknown_task" and letter["task"] == "producer_only"
+        assert "registers no task 'producer_only'" in letter["detail"]
+        await until(lambda: cluster.pending() == 0, 10, "the message acknowledged")
+        assert (await mf.load_signature(sig.key)).status is SignatureStatus.PENDING
+    log = cluster.log(worker)
+    assert log.count("dead-lettered a delivery of task 'producer_only'") == 1
+    assert worker.poll() is None
 
 
 # -- a worker inside the caller's event loop ------------------------------------------------------

@@ -3,6 +3,8 @@
 -- owner. Answers V.OK, or what the caller handles: V.MISSING, V.MOVED key, V.OWNED, V.TREE,
 -- V.BUSY status (it started, or its message is queued).
 local old, new = KEYS[3], KEYS[4]
+local refused = guard()
+if refused then return refused end
 local f = redis.call('HMGET', old, F.STATUS, F.MOVED, F.OWNER, F.KIND, F.SUCCESS, F.ERRORS,
   F.ENVELOPE, F.PARENT)
 if f[2] then return answer(V.MOVED, f[2]) end
@@ -20,7 +22,7 @@ redis.call('HSET', new, F.PARENT, ARGV[4])
 if ARGV[5] ~= ARGV[4] then redis.call('HSET', new, F.OWNER, ARGV[5]) end
 expire(new, LIVE)
 -- Leave a forwarding note so a key handed out earlier still resolves.
-redis.call('HSET', old, F.MOVED, new)
+redis.call('HSET', old, F.MARK, RECORD_MARK, F.MOVED, new)
 -- A waiter listening under the old key looks it up again and listens under the new one.
 publish_done(old, NOTICE.MOVED)
 redis.call('PEXPIRE', old, ttl_of(ENDED, KIND.TASK))

@@ -7,6 +7,8 @@
 --   resume    sends again exactly what was stopped or parked; finished work is not redone
 --   cancel    stops everything for good and tells the parent container
 local root, action = KEYS[3], ARGV[4]
+local refused = guard()
+if refused then return refused end
 
 local function pause(key, to, depth)
   if depth > 64 then return end

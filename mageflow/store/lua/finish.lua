@@ -2,6 +2,8 @@
 -- ARGV[5] result or error json, ARGV[6] the task's message json (for error callbacks).
 -- Only the first finish of an active signature counts; a duplicate answers V.SKIP, status.
 local key = KEYS[3]
+local refused = guard()
+if refused then return refused end
 local f = redis.call('HMGET', key, unpack(FINAL_FIELDS))
 if f[7] ~= ST.ACTIVE then return answer(V.SKIP, f[7] or V.MISSING) end
 complete(key, ARGV[4], ARGV[5], ARGV[6], f)

@@ -5,7 +5,8 @@ local until_ms = now_ms() + tonumber(ARGV[4])
 local statuses = {}
 for i = 3, #KEYS do
   local key = KEYS[i]
-  local st = redis.call('HGET', key, F.STATUS)
+  -- One key that is not a record must not cost the other runs their leases.
+  local st = refusal(key) or redis.call('HGET', key, F.STATUS)
   if st == ST.ACTIVE then
     redis.call('ZADD', LEASES, until_ms, key)
     keep_alive(key)

@@ -2,6 +2,8 @@
 -- A pending one is queued in the outbox; a paused one keeps the message for resume (V.PARKED);
 -- one started before answers V.LAUNCHED; else V.INVALID with its status, or V.MOVED, V.MISSING.
 local key = KEYS[3]
+local refused = guard()
+if refused then return refused end
 local f = redis.call('HMGET', key, F.STATUS, F.ENVELOPE, F.MOVED)
 if f[3] then return answer(V.MOVED, f[3]) end
 if not f[1] then return answer(V.MISSING) end

@@ -37,6 +37,18 @@ local function now_ms()  -- one clock reading per script run is enough
   return NOW
 end
 
+-- Only records of this namespace are touched: a script's own keys must be signature keys under
+-- the namespace of its outbox, and an existing one must be a hash carrying the record marker.
+-- A key refused here was not written to.
+local SIG_PREFIX = string.sub(OUTBOX, 1, #OUTBOX - #SEG.OUTBOX) .. SEG.SIG .. '{'
+local function refusal(key)
+  if string.sub(key, 1, #SIG_PREFIX) ~= SIG_PREFIX then return V.FOREIGN end
+  local mark = redis.pcall('HGET', key, F.MARK)
+  if type(mark) == 'table' and mark.err then return V.NOT_RECORD end
+  if mark ~= RECORD_MARK and redis.call('EXISTS', key) == 1 then return V.NOT_RECORD end
+  return nil
+end
+
 local function push(kind, key, target, task, payload, entry)
   local n = #actions
   actions[n + 1] = kind
@@ -55,6 +67,15 @@ end
 
 local function answer(verdict, d1, d2, d3)
   return answer_with(verdict, d1, d2, d3, actions)
+end
+
+-- The refusal answer for the first of KEYS[3..] that is not a record of this namespace, or nil.
+local function guard()
+  for i = 3, #KEYS do
+    local why = refusal(KEYS[i])
+    if why then return answer_with(why, KEYS[i], '', '', {}) end
+  end
+  return nil
 end
 
 local function decode_list(raw)

@@ -1,9 +1,12 @@
 -- A worker received a task message: decide whether this delivery runs it, atomically.
--- KEYS[3] signature. ARGV[4] attempt number, ARGV[5] lease (ms), ARGV[6] the message envelope.
+-- KEYS[3] signature. ARGV[4] attempt number, ARGV[5] lease (ms), ARGV[6] the message envelope,
+-- ARGV[7] the task the message is for (a record of another task answers V.WRONG_TASK).
 -- Answers V.RUN with the kwarg and model fields the run needs; V.BUSY (a live holder runs this
 -- attempt); V.MISSING; or V.STATUS with the status that forbids running (a paused signature
 -- keeps the message for resume).
 local key = KEYS[3]
+local refused = guard()
+if refused then return refused end
 local all = redis.call('HGETALL', key)
 if #all == 0 then return answer(V.MISSING) end
 local rec, out = {}, {}
@@ -17,6 +20,7 @@ for i = 1, #all, 2 do
 end
 local st = rec[F.STATUS]
 if rec[F.MOVED] then return answer(V.MOVED, rec[F.MOVED]) end
+if (rec[F.TASK] or '') ~= ARGV[7] then return answer(V.WRONG_TASK, rec[F.TASK] or '') end
 local now, attempt = now_ms(), tonumber(ARGV[4])
 if st == ST.ACTIVE then
   -- The same attempt while its holder's lease is live is a duplicate delivery. A later attempt

@@ -3,6 +3,8 @@
 -- Refusals (nothing added; the caller removes what it created): V.CLOSED, V.FULL limit,
 -- V.MISSING, V.FINISHED status.
 local key = KEYS[3]
+local refused = guard()
+if refused then return refused end
 local c = load_container(key)
 local n = #ARGV - 4
 if not c.st then return answer(V.MISSING) end

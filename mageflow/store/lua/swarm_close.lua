@@ -1,6 +1,8 @@
 -- Close a swarm: no more members. A running swarm whose members all finished completes now.
 -- KEYS[3] swarm.
 local key = KEYS[3]
+local refused = guard()
+if refused then return refused end
 local c = load_container(key)
 if not c.st then return answer(V.MISSING) end
 redis.call('HSET', key, F.CLOSED, '1')

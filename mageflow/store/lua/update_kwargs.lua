@@ -1,6 +1,8 @@
 -- Set bound kwargs on an existing signature. KEYS[3] signature. ARGV[4..] field/json pairs
 -- (fields already 'k:<name>'). Answers V.OK, V.MOVED key or V.MISSING.
 local key = KEYS[3]
+local refused = guard()
+if refused then return refused end
 local f = redis.call('HMGET', key, F.STATUS, F.MOVED)
 if f[2] then return answer(V.MOVED, f[2]) end
 if not f[1] then return answer(V.MISSING) end
