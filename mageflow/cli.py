@@ -1,4 +1,4 @@
-"""The ``mageflow`` command: ``demo``, ``worker``, ``show`` and ``version``.
+"""The ``mageflow`` command: ``demo``, ``worker``, ``show``, ``dead-letters`` and ``version``.
 
 A thin layer over the library: each command parses its options and calls into mageflow.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +22,7 @@ from mageflow.config import MageflowConfig
 from mageflow.containers import ChainSignature, SwarmSignature
 from mageflow.errors import MageflowError
 from mageflow.signature import Signature
+from mageflow.store.dead_letters import DeadLetter
 from mageflow.store.embedded import embedded_default
 
 app = typer.Typer(
@@ -142,6 +144,60 @@ def show(
     finally:
         _stop_embedded(redis_url, data_dir)
     console.print(signature_table(sig, children))
+
+
+Namespace = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace", help="Key namespace. Default: $MAGEFLOW_NAMESPACE, else 'mageflow'."
+    ),
+]
+
+
+async def _dead_letters(
+    redis_url: str | None, data_dir: str | None, namespace: str, limit: int, purge: bool
+) -> tuple[list[DeadLetter], int]:
+    config = MageflowConfig(namespace=namespace, data_dir=data_dir)
+    async with Mageflow(None, redis_url, config=config) as mf:
+        letters = await mf.dead_letters(limit)
+        purged = await mf.purge_dead_letters() if purge else 0
+    return letters, purged
+
+
+@app.command("dead-letters")
+def dead_letters(
+    redis_url: RedisUrl = None,
+    data_dir: DataDir = None,
+    namespace: Namespace = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="newest letters to list")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False,
+    purge: Annotated[bool, typer.Option("--purge", help="delete them after listing")] = False,
+) -> None:
+    """List deliveries refused as poison (acknowledged, never run), newest last."""
+    ns = namespace or os.environ.get("MAGEFLOW_NAMESPACE") or MageflowConfig().namespace
+    try:
+        letters, purged = asyncio.run(_dead_letters(redis_url, data_dir, ns, limit, purge))
+    except MageflowError as exc:
+        raise _fail(exc) from exc
+    finally:
+        _stop_embedded(redis_url, data_dir)
+    if as_json:
+        typer.echo(json.dumps([letter.to_dict() for letter in letters], indent=2))
+    else:
+        console.print(dead_letter_table(letters, ns))
+    if purge:
+        console.print(f"purged {purged} dead letter(s) from namespace {escape(ns)!r}", style="bold")
+
+
+def dead_letter_table(letters: list[DeadLetter], namespace: str) -> Table:
+    table = Table(title=f"dead letters of {escape(namespace)!r}: {len(letters)}")
+    for column in ("at (UTC)", "reason", "task", "key", "detail", "worker"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(letter.at / 1000))
+        cells = (letter.reason, letter.task, letter.key, letter.detail, letter.worker)
+        table.add_row(at, *(escape(c) or "-" for c in cells))
+    return table
 
 
 @app.command()

@@ -31,6 +31,7 @@ from mageflow.scopes import Batch, abounded_field, durable
 from mageflow.sender import Sender
 from mageflow.signature import Signature, TaskSignature
 from mageflow.store.connect import resolve_redis
+from mageflow.store.dead_letters import DeadLetter
 from mageflow.store.keys import KeySchema
 from mageflow.store.records import Record
 from mageflow.store.redis_store import Store
@@ -193,13 +194,13 @@ class Mageflow:
 
     async def _start(self) -> None:
         client, self._owns_redis = await resolve_redis(self._redis_arg, self.config.data_dir)
-        store = Store(client, self.keys, self.config.ttl)
+        store = Store(client, self.keys, self.config.ttl, self.config.accepted_grace_seconds)
         await store.ping()
         await store.register_tasks({n: t.meta_json() for n, t in self._tasks.items()})
         sender = Sender(store, self.engine)
         self._sender = sender
         self._runtime = Runtime(store, self.engine, sender, self.config)
-        self._notifier = Notifier(store)
+        self._notifier = Notifier(store, self.config.redis_outage_seconds)
         self._store = store
         await self.refresh_registry()
         await self.engine.start(
@@ -353,6 +354,16 @@ class Mageflow:
         check_key(key)
         await self.ensure_started()
         return self.handle(await self.store.load(key))
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The newest ``limit`` deliveries refused as poison in this namespace, oldest first."""
+        await self.ensure_started()
+        return await self.runtime.dead.store.list(limit)
+
+    async def purge_dead_letters(self) -> int:
+        """Delete this namespace's dead letters; how many there were."""
+        await self.ensure_started()
+        return await self.runtime.dead.store.purge()
 
     def handle(self, record: Record) -> Signature:
         """The handle class for a stored record's kind."""

@@ -134,6 +134,14 @@ class MageflowConfig(_Settings):
     #: another delivery; a queued message that no receiver claimed for this long is sent again.
     #: Heartbeats renew leases every third of it.
     lease_seconds: float = Field(default=30.0, ge=MIN_LEASE_SECONDS)
+    #: A message a durable engine (Taskiq, Hatchet) accepted and no worker claimed for this long
+    #: is sent again: the broker lost it, or Redis lost the claim in a crash. The claim makes the
+    #: extra copy harmless; raise it if your broker backlogs run longer (like Celery's
+    #: visibility timeout, each resend adds one message to the backlog).
+    accepted_grace_seconds: float = Field(default=3600.0, ge=MIN_SECONDS)
+    #: A caller waiting for a result (aio_run, aresult) keeps trying an unreachable Redis for
+    #: this long before it raises RedisUnavailableError; the workflow runs on meanwhile.
+    redis_outage_seconds: float = Field(default=30.0, ge=0)
     #: In-process engine: at interpreter exit, how long the client may spend finishing the work
     #: the ended event loop cut off (callbacks of a script that returned without close()). What
     #: is not done by then is finished by the next start. 0 leaves it all to the next start.

@@ -6,9 +6,10 @@ Every client (a producer, a worker, an in-process app) runs one loop, every ``pe
    and stop the local runs whose signature was canceled or interrupted meanwhile (a stop request
    that was lost still takes effect within one period);
 2. **recovery**: send again what nobody is seeing through: outbox entries queued more than
-   ``grace`` seconds ago that no receiver claimed and no durable engine accepted (their sender
-   died or could not reach the engine), and running tasks whose lease ran out (their holder
-   died). It runs once at start-up too, so a restarted process finishes what it left.
+   ``grace`` seconds ago that no receiver claimed (their sender died or could not reach the
+   engine; for a message a durable engine accepted, the wait is the longer accepted grace, after
+   which the broker or Redis must have lost it), and running tasks whose lease ran out (their
+   holder died). It runs once at start-up too, so a restarted process finishes what it left.
 
 Sending again is safe however often it happens: the claim in ``start_task.lua`` lets one
 delivery through, and every transition takes effect once.

@@ -30,6 +30,7 @@ from mageflow.models.message import TaskError, error_field, return_field
 from mageflow.poison import DeadLetters, check_attempt, poison
 from mageflow.scopes import enter_run, exit_run
 from mageflow.sender import ERROR_KEY, Sender
+from mageflow.store.connect import ride_out
 from mageflow.store.dead_letters import DeadLetterStore
 from mageflow.store.records import Record, dumps
 from mageflow.store.redis_store import Store
@@ -176,7 +177,14 @@ class Runtime:
     # -- completion -----------------------------------------------------------------------------
 
     async def finish(self, key: str, outcome: str, value: str, message: str) -> None:
-        answer = await self.store.finish(key, outcome, value, message)
+        # The body has run: ride out a short outage rather than lose its outcome (and run it
+        # again through its lease). A second finish is a no-op, so retrying is safe.
+        answer = await ride_out(
+            lambda: self.store.finish(key, outcome, value, message),
+            self.config.redis_outage_seconds,
+            f"recording the outcome of {key}",
+            log,
+        )
         if answer.verdict is Verdict.SKIP:
             log.debug("duplicate finish of %s ignored (%s)", key, answer.detail[0])
             return

@@ -97,7 +97,7 @@ class Sender:
             run_id = await self.engine.dispatch(action.task, envelope)
             if run_id and run_id != action.key:
                 await self.store.set_fields(action.key, {Field.RUN_ID: run_id})
-            if self.engine.redelivers:  # the broker has it now: no recovery needed
+            if self.engine.redelivers:  # the broker has it: recovery waits the accepted grace
                 self.store.ack(action.entry)
             return
         await self.start_container(action.key, envelope)

@@ -7,16 +7,22 @@ for its key arrives. A notice can only be missed while the subscription is down;
 back, every waiter reads its status once more. Besides ends, two notices wake waiters: a
 signature moved under another key (they look it up again there), and one that got the done TTL
 without running (it never will: they get TaskCanceledError).
+
+A waiter rides out a short Redis outage: while Redis cannot be reached it keeps trying, with
+backoff, for up to ``outage_seconds`` (MageflowConfig.redis_outage_seconds) before it raises
+RedisUnavailableError. The work itself goes on in the workers meanwhile; the waiter only asks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any
 
 from mageflow.errors import SignatureNotFoundError, TaskCanceledError
+from mageflow.store.connect import ride_out
 from mageflow.store.records import Record
 from mageflow.store.redis_store import MAX_FORWARDS, Store, _s
 from mageflow.store.schema import Notice, Verdict
@@ -26,8 +32,9 @@ RECONNECT_PAUSE = 0.5
 
 
 class Notifier:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, outage_seconds: float = 30.0) -> None:
         self.store = store
+        self.outage_seconds = outage_seconds
         self._futures: dict[str, list[asyncio.Future[str]]] = {}
         self._listener: asyncio.Task[None] | None = None
 
@@ -79,7 +86,12 @@ class Notifier:
         the key it lives under now and, when it has ended already, its record."""
         await self._ensure_listener()
         for _ in range(MAX_FORWARDS):
-            answer = await self.store.watch(key)
+            answer = await ride_out(
+                functools.partial(self.store.watch, key),
+                self.outage_seconds,
+                f"waiting for {key}",
+                log,
+            )
             if answer.verdict is Verdict.MOVED:
                 key = answer.detail[0]
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import re
 import subprocess
@@ -156,3 +157,35 @@ def test_console_script_with_embedded_redis(tmp_path: Path) -> None:
         with pytest.raises(redis.ConnectionError):
             client.ping()
         client.close()
+
+
+async def test_dead_letters_lists_and_purges(mf: Mageflow, redis_url: str, namespace: str) -> None:
+    from mageflow.poison import poison
+    from mageflow.store.schema import PoisonReason
+
+    await mf.start()
+    error = poison(PoisonReason.UNKNOWN_TASK, "no task '<b>x</b>' here", "<b>x</b>", "")
+    await mf.runtime.dead.bury(error, b'{"sig": 1}', "test-stream")
+    args = ["dead-letters", "--redis-url", redis_url, "--namespace", namespace]
+
+    listed = await asyncio.to_thread(runner.invoke, app, [*args, "--json"])
+    assert listed.exit_code == 0, listed.output
+    [letter] = json.loads(listed.output)
+    assert (letter["reason"], letter["task"], letter["source"]) == (
+        "unknown_task",
+        "<b>x</b>",
+        "test-stream",
+    )
+    assert letter["data"] == '{"sig": 1}' and letter["at"] > 0
+
+    table = await asyncio.to_thread(runner.invoke, app, [*args, "--purge"])
+    assert table.exit_code == 0, table.output
+    assert "unknown_task" in table.output and "purged 1 dead letter(s)" in table.output
+    assert await mf.dead_letters() == []
+
+
+def test_dead_letters_with_a_bad_namespace_is_one_clear_line(redis_url: str) -> None:
+    result = runner.invoke(app, ["dead-letters", "--redis-url", redis_url, "--namespace", "a b"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error:") and "namespace" in result.output
+    assert "Traceback" not in result.output

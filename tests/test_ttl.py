@@ -359,3 +359,31 @@ async def test_chain_paused_longer_than_done_ttl_resumes(mf: Mageflow, log: Log)
     await asyncio.sleep(2.2)  # `a` finished long ago
     await chain.resume()
     assert await waiter == "b"
+
+
+# -- every key has a TTL ---------------------------------------------------------------------------
+
+
+async def test_every_key_but_the_registry_has_a_ttl(
+    mf: Mageflow, log: Log, sync_redis: redis.Redis, namespace: str
+) -> None:
+    """Mid-run (a held task holds a lease, a swarm queues members), after an aio_run that failed
+    before launching, and with a dead letter written: nothing mageflow wrote lives forever."""
+    from mageflow import SerializationError
+    from mageflow.poison import poison
+    from mageflow.store.schema import PoisonReason
+
+    early = await leaf(mf, "early", cbs=True)
+    with pytest.raises(SerializationError):
+        await early.aio_run({"when": object()})
+    members = [await leaf(mf, f"m{i}", hold=True) for i in range(3)]
+    swarm = await mf.swarm(members, config=SwarmConfig(max_concurrency=1), is_swarm_closed=True)
+    await swarm.aio_run_no_wait()
+    await until(lambda: bool(log.started))
+    await mf.runtime.dead.bury(poison(PoisonReason.NO_DATA, "no data"), b"", "test")
+
+    keys = namespace_keys(sync_redis, namespace)
+    assert f"{namespace}:leases" in keys and f"{namespace}:dead" in keys
+    forever = [k for k in keys if k != f"{namespace}:registry" and sync_redis.pttl(k) < 0]
+    assert forever == []
+    await swarm.cancel()

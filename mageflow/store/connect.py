@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import os
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from mageflow.errors import ConfigurationError
+from mageflow.errors import ConfigurationError, RedisUnavailableError
 from mageflow.store.embedded import embedded_default
+
+T = TypeVar("T")
 
 
 def client_from_url(url: str, *, max_connections: int = 256) -> aioredis.Redis:
@@ -50,3 +56,28 @@ async def resolve_redis(
         server = embedded_default(data_dir)
         url = await asyncio.to_thread(server.start)
     return client_from_url(url), True
+
+
+#: Pauses between tries of an operation that cannot reach Redis (the last one repeats).
+OUTAGE_BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+async def ride_out(
+    operation: Callable[[], Awaitable[T]], seconds: float, what: str, log: logging.Logger
+) -> T:
+    """``await operation()``, tried again with backoff while Redis is unreachable, for up to
+    ``seconds``; then its RedisUnavailableError goes to the caller. For operations that are safe
+    to repeat (every script is: a second finish or watch is a no-op)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + seconds
+    for tries in itertools.count():
+        try:
+            return await operation()
+        except RedisUnavailableError as exc:
+            pause = OUTAGE_BACKOFF[min(tries, len(OUTAGE_BACKOFF) - 1)]
+            if loop.time() + pause > give_up:
+                raise
+            if tries == 0:
+                log.warning("%s: %s; retrying for up to %g s", what, exc.cause, seconds)
+            await asyncio.sleep(pause)
+    raise AssertionError("unreachable")  # itertools.count() never ends

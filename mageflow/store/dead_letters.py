@@ -9,6 +9,8 @@ bound; ``mageflow dead-letters`` lists and purges it.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,18 +75,24 @@ class DeadLetterStore:
         raw = data.encode() if isinstance(data, str) else data
         entry = {**fields, DeadField.DATA: raw[:DEAD_DATA_LIMIT]}
         entry.setdefault(DeadField.AT, str(int(time.time() * 1000)))
-        try:
+        async with self._guard():
             pipe = self.redis.pipeline(transaction=True)
             pipe.xadd(self.key, entry, maxlen=MAX_LETTERS, approximate=True)  # type: ignore[arg-type]
             pipe.pexpire(self.key, self.ttl_ms)
             letter_id, _ = await pipe.execute()
+        return _text(letter_id)
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            yield
         except _CONNECTION_ERRORS as exc:
             raise RedisUnavailableError(self.key, exc) from exc
-        return _text(letter_id)
 
     async def list(self, count: int = 100) -> list[DeadLetter]:
         """The newest ``count`` letters, oldest first."""
-        raw: Any = await self.redis.xrevrange(self.key, count=count)
+        async with self._guard():
+            raw: Any = await self.redis.xrevrange(self.key, count=count)
         out = []
         for letter_id, fields in reversed(raw or []):
             f = {_text(k): _text(v) for k, v in (fields or {}).items()}
@@ -104,12 +112,14 @@ class DeadLetterStore:
         return out
 
     async def count(self) -> int:
-        return int(await self.redis.xlen(self.key))
+        async with self._guard():
+            return int(await self.redis.xlen(self.key))
 
     async def purge(self) -> int:
         """Delete every letter; how many there were."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xlen(self.key)
-        pipe.delete(self.key)
-        n, _ = await pipe.execute()
+        async with self._guard():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xlen(self.key)
+            pipe.delete(self.key)
+            n, _ = await pipe.execute()
         return int(n)

@@ -41,6 +41,9 @@ MAX_FORWARDS = 4
 MAX_ACKS = 512
 #: How long confirmations wait for a script call to ride on before they go out on their own.
 ACK_DELAY = 0.02
+#: Seconds an outbox entry a durable engine accepted waits for its claim before recovery sends
+#: it again (MageflowConfig.accepted_grace_seconds).
+DEFAULT_ACCEPTED_GRACE = 3600.0
 Move = tuple[str, str, str, str]  # (old key, new key, parent, owner)
 
 
@@ -58,7 +61,13 @@ def describe(client: aioredis.Redis) -> str:
 class Store:
     """Signature records in Redis hashes; transitions in Lua so each one is atomic."""
 
-    def __init__(self, client: aioredis.Redis, keys: KeySchema, ttl: TTLConfig) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: KeySchema,
+        ttl: TTLConfig,
+        accepted_grace: float = DEFAULT_ACCEPTED_GRACE,
+    ) -> None:
         self.redis = client
         self.keys = keys
         self.ttl = ttl
@@ -69,6 +78,7 @@ class Store:
         self._batcher = ScriptBatcher(client, self.load_scripts)
         self._ttl_ms = [ttl.milliseconds("active"), ttl.milliseconds("done")]
         self._acks: list[str] = []
+        self._accepted_grace_ms = str(int(accepted_grace * 1000))
         self._ack_timer: asyncio.TimerHandle | None = None
 
     # -- plumbing --------------------------------------------------------------------------
@@ -101,7 +111,7 @@ class Store:
 
     def _take_acks(self) -> str:
         taken, self._acks = self._acks[:MAX_ACKS], self._acks[MAX_ACKS:]
-        return " ".join(taken)
+        return " ".join([self._accepted_grace_ms, *taken]) if taken else ""
 
     async def _call(self, name: str, key_list: list[str], args: list[Any]) -> Any:
         full = self._script_args(key_list, args, self._take_acks())
@@ -134,9 +144,10 @@ class Store:
     # -- outbox confirmations ----------------------------------------------------------------
 
     def ack(self, entry: str) -> None:
-        """A durable engine accepted the message of outbox ``entry``: drop it from the outbox.
-        Confirmations ride on the next script call; if none comes soon, they go on their own.
-        One that is lost only makes recovery send that message once more."""
+        """A durable engine accepted the message of outbox ``entry``: recovery leaves the entry
+        alone for the accepted grace (the claim removes it). Confirmations ride on the next
+        script call; if none comes soon, they go on their own. One that is lost only makes
+        recovery send that message once more."""
         if not entry:
             return
         self._acks.append(entry)

@@ -1,2 +1,3 @@
--- Nothing but the prelude: it drops the outbox entries in ARGV[3] (their messages went out).
+-- Nothing but the prelude: it pushes the outbox entries in ARGV[3] (their messages went out to a
+-- durable engine) past the accepted grace.
 return answer(V.OK)

@@ -13,4 +13,5 @@ for i = 3, #KEYS do
   end
   statuses[#statuses + 1] = st or V.MISSING
 end
+keep_index(LEASES)
 return answer_with(V.OK, '', '', '', statuses)

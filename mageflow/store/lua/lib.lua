@@ -21,13 +21,6 @@ local CANCELED = '{"type":"Canceled","message":"canceled before it finished"}'
 local TOO_MANY_FAILURES = '{"type":"SwarmFailed","message":"stop_after_n_failures reached"}'
 local actions = {}
 
--- Outbox entries whose messages a durable engine has taken: they need no recovery any more.
-if ARGV[3] and ARGV[3] ~= '' then
-  local sent = {}
-  for entry in string.gmatch(ARGV[3], '%S+') do sent[#sent + 1] = entry end
-  redis.call('ZREM', OUTBOX, unpack(sent))
-end
-
 local NOW = nil
 local function now_ms()  -- one clock reading per script run is enough
   if not NOW then
@@ -35,6 +28,33 @@ local function now_ms()  -- one clock reading per script run is enough
     NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
   return NOW
+end
+
+-- The outbox and lease indexes live as long as the longest TTL of any record they can name:
+-- every write to one renews it, so an idle namespace leaves nothing behind.
+local INDEX_TTL = 0
+for _, phase in pairs(TTL) do
+  for _, ms in pairs(phase) do INDEX_TTL = math.max(INDEX_TTL, ms) end
+end
+local function keep_index(index)
+  redis.call('PEXPIRE', index, INDEX_TTL)
+end
+
+-- Outbox entries whose messages a durable engine has taken (ARGV[3] = "<grace ms> entry ..."):
+-- they stay in the outbox until a receiver claims them, but recovery leaves them alone for the
+-- accepted grace. One still unclaimed after it (the broker lost it, or Redis lost the claim in a
+-- crash) is sent again; the claim makes the extra copy harmless.
+if ARGV[3] and ARGV[3] ~= '' then
+  local grace, later = nil, {}
+  for token in string.gmatch(ARGV[3], '%S+') do
+    if not grace then
+      grace = tonumber(token)
+    else
+      later[#later + 1] = now_ms() + grace
+      later[#later + 1] = token
+    end
+  end
+  if #later > 0 then redis.call('ZADD', OUTBOX, 'XX', unpack(later)) end
 end
 
 -- Only records of this namespace are touched: a script's own keys must be signature keys under
@@ -236,6 +256,7 @@ local function deliver(key, env)
   local entry = outbox_entry(key, stamp)
   redis.call('HSET', key, F.ENVELOPE, env, F.OUTBOX_ENTRY, stamp)
   redis.call('ZADD', OUTBOX, now_ms(), entry)
+  keep_index(OUTBOX)
   push(ACT.DELIVER, key, f[2], f[3], env, entry)
 end
 

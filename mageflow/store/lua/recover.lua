@@ -1,7 +1,9 @@
 -- Take over what nobody is seeing through. ARGV[4] grace (ms): outbox entries queued longer ago
 -- and still unsent are sent again; ARGV[5] at most this many of each kind per call.
--- 1. A queued message no receiver claimed and no durable engine accepted (its sender died, or
---    the send failed): send it again, and look again no sooner than the grace period from now.
+-- 1. A queued message no receiver claimed, past its grace: its sender died, the send failed, or
+--    a durable engine accepted it longer ago than the accepted grace and no receiver claimed it
+--    since (the broker lost it, or Redis lost the claim). Send it again, and look again no
+--    sooner than the grace period from now.
 -- 2. A running task whose lease ran out (its holder died): queue its message again; a delivery
 --    with an expired lease takes the claim over.
 local now, most = now_ms(), tonumber(ARGV[5])
@@ -28,4 +30,5 @@ for _, key in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now - 1, 'LIMIT
     push(ACT.DELIVER, key, f[3], f[4], f[2], entry)
   end
 end
+keep_index(OUTBOX)
 return answer(V.OK)

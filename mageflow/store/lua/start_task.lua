@@ -41,4 +41,5 @@ else  -- sent by something other than a transition (a test, a mock run): keep it
   redis.call('HSET', key, F.STATUS, ST.ACTIVE, F.ATTEMPT, attempt, F.STARTED, now, F.ENVELOPE, ARGV[6])
 end
 redis.call('ZADD', LEASES, now + tonumber(ARGV[5]), key)
+keep_index(LEASES)
 return answer_with(V.RUN, '', '', '', out)
