@@ -1,4 +1,5 @@
-"""The ``mageflow`` command: ``demo``, ``worker``, ``show``, ``dead-letters`` and ``version``.
+"""The ``mageflow`` command: ``demo``, ``worker``, ``show``, ``dead-letters``, ``version``, and the
+operating commands of :mod:`mageflow.cli_ops` (``ls``, ``tree``, ``watch``, controls, ``workers``).
 
 A thin layer over the library: each command parses its options and calls into mageflow.
 """
@@ -8,55 +9,58 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from mageflow import __version__
+from mageflow.cli_common import (
+    DataDir,
+    Namespace,
+    RedisUrl,
+    console,
+    err_console,
+    fail,
+    stop_embedded,
+)
+from mageflow.cli_ops import install as install_operating_commands
 from mageflow.client import Mageflow
 from mageflow.config import MageflowConfig
 from mageflow.containers import ChainSignature, SwarmSignature
 from mageflow.errors import MageflowError
 from mageflow.signature import Signature
 from mageflow.store.dead_letters import DeadLetter
-from mageflow.store.embedded import embedded_default
 
 app = typer.Typer(
     name="mageflow",
     help="Compose async tasks (signatures, callbacks, chains, swarms) with state in Redis.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # help is plain text: user-facing docstrings carry no markup
 )
-console = Console()
-
-RedisUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--redis-url",
-        help="Redis to use. Default: $REDIS_URL, else a private redis-server under the data dir.",
-    ),
-]
-DataDir = Annotated[
-    str | None,
-    typer.Option(
-        "--data-dir", help="Embedded Redis data dir (default $MAGEFLOW_DATA_DIR or .mageflow)."
-    ),
-]
+install_operating_commands(app)
 
 
-def _fail(exc: BaseException) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {escape(str(exc))}")
-    return typer.Exit(code=1)
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"mageflow {__version__}")
+        raise typer.Exit()
 
 
-def _stop_embedded(redis_url: str | None, data_dir: str | None) -> None:
-    """Shut down the embedded server this process started (at exit it would stop anyway)."""
-    if redis_url is None and not os.environ.get("REDIS_URL"):
-        embedded_default(data_dir).stop()
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Compose async tasks (signatures, callbacks, chains, swarms) with state in Redis."""
 
 
 @app.command()
@@ -77,9 +81,9 @@ def demo(
     try:
         asyncio.run(run_demo(redis_url, data_dir, tasks, console))
     except MageflowError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
-        _stop_embedded(redis_url, data_dir)
+        stop_embedded(redis_url, data_dir)
 
 
 def _namespace_of(key: str) -> str:
@@ -140,18 +144,10 @@ def show(
     try:
         sig, children = asyncio.run(_load(key, redis_url, data_dir))
     except (MageflowError, ValueError) as exc:  # ValueError: a key with an invalid namespace
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
-        _stop_embedded(redis_url, data_dir)
+        stop_embedded(redis_url, data_dir)
     console.print(signature_table(sig, children))
-
-
-Namespace = Annotated[
-    str | None,
-    typer.Option(
-        "--namespace", help="Key namespace. Default: $MAGEFLOW_NAMESPACE, else 'mageflow'."
-    ),
-]
 
 
 async def _dead_letters(
@@ -178,9 +174,9 @@ def dead_letters(
     try:
         letters, purged = asyncio.run(_dead_letters(redis_url, data_dir, ns, limit, purge))
     except MageflowError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
-        _stop_embedded(redis_url, data_dir)
+        stop_embedded(redis_url, data_dir)
     if as_json:
         typer.echo(json.dumps([letter.to_dict() for letter in letters], indent=2))
     else:
@@ -202,19 +198,36 @@ def dead_letter_table(letters: list[DeadLetter], namespace: str) -> Table:
 
 @app.command()
 def worker(
-    target: Annotated[str, typer.Argument(help="module:attribute of a Mageflow client on Taskiq")],
-    workers: Annotated[int, typer.Option("--workers", min=1, help="worker processes")] = 1,
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODULE:ATTR", help="module:attribute of a Mageflow client on Taskiq"
+        ),
+    ],
+    # Ranges are checked by run_worker, not by typer, so a bad value is one line, like a bad app.
+    workers: Annotated[int, typer.Option("--workers", help="worker processes, 1 or more")] = 1,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", min=1, help="tasks at once per process")
+        int, typer.Option("--concurrency", help="tasks at once per process, 1 or more")
     ] = 100,
     shutdown_timeout: Annotated[
-        float, typer.Option("--shutdown-timeout", help="seconds to drain on SIGTERM")
+        float, typer.Option("--shutdown-timeout", help="seconds to drain on SIGTERM, 0 or more")
     ] = 30.0,
-    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            "--log-level",
+            help="DEBUG, INFO, WARNING, ERROR or CRITICAL. Default INFO; if the app configures "
+            "logging itself, its setup is kept and this level applies to mageflow's loggers only.",
+        ),
+    ] = None,
 ) -> None:
-    """Run worker processes for a Taskiq-based client. SIGTERM drains; a second signal forces.
+    """Run worker processes for a Mageflow client built on a Taskiq broker.
 
-    (Hatchet users start workers with ``mf.worker(...).start()``, as with Hatchet itself.)
+    SIGTERM or Ctrl-C drains: no new messages, running tasks finish. A second signal forces the
+    exit. Settings that cannot work (an app that cannot be loaded, a broker that does not answer,
+    an option out of range) stop the command at once, with one line and exit code 2.
+
+    Hatchet users start workers from Python instead: mf.worker(...).start().
     """
     from mageflow.engines.taskiq_worker import run_worker
 
@@ -228,8 +241,34 @@ def worker(
     raise typer.Exit(code)
 
 
+def _named(exc: BaseException, *names: str) -> bool:
+    """True when ``exc`` is of a class named one of ``names``: typer 0.2x carries its own copy
+    of click, whose exceptions are not click's, so they are told apart by name."""
+    return any(cls.__name__ in names for cls in type(exc).__mro__)
+
+
 def main() -> None:
-    app()
+    """The console script: usage errors (an unknown option, a bad value) become one line and
+    exit code 2, like every other mistake; nothing prints a traceback for them."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as exc:
+        ctx = getattr(exc, "ctx", None)
+        if _named(exc, "NoArgsIsHelpError") and ctx is not None:
+            console.print(ctx.get_help(), highlight=False, markup=False)
+            sys.exit(0)
+        if _named(exc, "UsageError"):
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            message = exc.format_message()  # type: ignore[attr-defined]
+            err_console.print(
+                f"error: {message}{hint}", highlight=False, markup=False, soft_wrap=True
+            )
+            sys.exit(2)
+        if _named(exc, "Abort"):
+            err_console.print("aborted", highlight=False)
+            sys.exit(130)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

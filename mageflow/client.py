@@ -25,7 +25,7 @@ from mageflow.errors import (
     InvalidSettingError,
     UnknownTaskError,
 )
-from mageflow.recovery import Keeper
+from mageflow.recovery import Keeper, Presence
 from mageflow.runtime import Runtime
 from mageflow.scopes import Batch, abounded_field, durable
 from mageflow.sender import Sender
@@ -219,6 +219,7 @@ class Mageflow:
             lease_seconds=self.config.lease_seconds,
             period=self._heartbeat_seconds(),
             grace_seconds=self.config.lease_seconds,
+            presence=Presence(sorted(self._tasks), self.engine.label) if self._tasks else None,
         )
         await self._keeper.start()
         if not self._exit_hook and self.engine.runs_in_process:
@@ -249,6 +250,37 @@ class Mageflow:
         if self._owns_redis:
             await self._store.redis.aclose()
         self._forget_started()
+
+    def rebind(
+        self,
+        engine_client: Any = None,
+        redis_client: aioredis.Redis | str | None = None,
+        *,
+        config: MageflowConfig | None = None,
+    ) -> Callable[[], None]:
+        """Point this client at another engine, Redis and config, with every task registered
+        on the new engine; returns a function that points it back. Test harnesses use it
+        (:mod:`mageflow.testing` runs an app built for Taskiq or Hatchet on the in-process
+        engine): the app's own ``mf`` object, and ``mageflow.sign`` etc., then work unchanged.
+        The client must not be started when either is called (``close()`` it first)."""
+        if self._store is not None:
+            raise ConfigurationError("close() the client before rebinding it")
+        saved = (self.config, self.keys, self.engine, self.engine_client, self._redis_arg)
+        remote = dict(self._remote_meta)
+        self.config = config or self.config
+        self.keys = KeySchema(self.config.namespace)
+        self.engine = resolve_engine(engine_client)
+        self.engine_client, self._redis_arg, self._remote_meta = engine_client, redis_client, {}
+        for definition in self._tasks.values():
+            self.engine.register(definition, self._run)
+
+        def restore() -> None:
+            if self._store is not None:
+                raise ConfigurationError("close() the client before restoring it")
+            self.config, self.keys, self.engine, self.engine_client, self._redis_arg = saved
+            self._remote_meta = remote
+
+        return restore
 
     def _forget_started(self) -> None:
         self._store = self._runtime = self._notifier = self._sender = self._keeper = None

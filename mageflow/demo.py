@@ -7,6 +7,7 @@ is deleted at the end, so running the demo again and again leaves nothing behind
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -245,6 +247,17 @@ async def _delete_namespace(mf: Mageflow) -> int:
     return len([key async for key in redis.scan_iter(match=pattern, count=1000)])
 
 
+def _show_logs(console: Console) -> logging.Handler | None:
+    """Show mageflow's WARNING and ERROR lines (the failing order's, say) in the demo's console,
+    unless the program configured logging itself."""
+    if logging.getLogger().handlers or logging.getLogger("mageflow").handlers:
+        return None
+    handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    handler.setLevel(logging.WARNING)
+    logging.getLogger("mageflow").addHandler(handler)
+    return handler
+
+
 async def run_demo(
     redis_url: str | None,
     data_dir: str | None,
@@ -259,6 +272,7 @@ async def run_demo(
     report = DemoReport(namespace=namespace)
     _register(mf, report)
     await mf.start()
+    shown = _show_logs(console)
     try:
         report.redis = describe(mf.store.redis)
         console.print(f"mageflow demo: Redis at [bold]{report.redis}[/], namespace {namespace}")
@@ -269,5 +283,7 @@ async def run_demo(
         await _join(mf)
         report.keys_left = await _delete_namespace(mf)
         await mf.close()
+        if shown is not None:
+            logging.getLogger("mageflow").removeHandler(shown)
     console.print(f"cleaned up namespace {namespace}: {report.keys_left} keys left")
     return report

@@ -18,23 +18,38 @@ from mageflow.errors import (
     TaskAlreadyRunningError,
     UnknownActionError,
 )
-from mageflow.store.schema import Control, Verdict
+from mageflow.store.schema import Action, Control, Verdict
 
 if TYPE_CHECKING:
+    from mageflow.store.redis_store import Store
     from mageflow.workspace import Workspace
 
 
 async def control(client: Workspace, key: str, action: Control | str) -> None:
     """Apply ``action`` to the signature under ``key``; typed errors when it is not allowed."""
+    _request(key, action)  # a bad request is refused before Redis is touched
+    await client.ensure_started()
+    actions = await apply_control(client.store, key, action)
+    await client.sender.send(actions, raise_errors=True)
+
+
+def _request(key: object, action: Control | str) -> Control:
     try:
         request = Control(action)
     except ValueError:
         raise UnknownActionError(action, [c.value for c in Control]) from None
     if not isinstance(key, str):
         raise InvalidArgumentError("a signature key", "a string (Signature.key)", key)
-    await client.ensure_started()
-    record = await client.store.load(key)  # follows forwarding notes to the current key
-    answer = await client.store.control(record.key, request)
+    return request
+
+
+async def apply_control(store: Store, key: str, action: Control | str) -> list[Action]:
+    """Commit ``action`` on the signature under ``key`` and return its follow-ups, which are
+    queued in the outbox already: a caller that cannot send them (the command line, with no
+    engine of the app) leaves them to recovery. Typed errors when it is not allowed."""
+    request = _request(key, action)
+    record = await store.load(key)  # follows forwarding notes to the current key
+    answer = await store.control(record.key, request)
     verdict, status = answer.verdict, answer.detail[0]
     if verdict is Verdict.MISSING:
         raise SignatureNotFoundError(key)
@@ -44,4 +59,4 @@ async def control(client: Workspace, key: str, action: Control | str) -> None:
         raise InvalidTransitionError(record.key, answer.detail[1], request, parent_status=status)
     if verdict is not Verdict.OK:
         raise InvalidTransitionError(record.key, status, request)
-    await client.sender.send(answer.actions(), raise_errors=True)
+    return answer.actions()

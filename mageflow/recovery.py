@@ -19,7 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
 
 from mageflow.engines.base import Engine
 from mageflow.sender import Sender
@@ -34,6 +39,23 @@ STOP_STATUSES = frozenset({SignatureStatus.CANCELED, SignatureStatus.INTERRUPTED
 BATCH = 200
 #: Recovery calls in one round at most, so one round is bounded however large the backlog.
 MAX_CALLS = 50
+#: How long the presence hash outlives the last announcement of any process.
+PRESENCE_TTL_MS = 24 * 3600 * 1000
+
+
+@dataclass(slots=True)
+class Presence:
+    """What ``mageflow workers`` shows of a process that registered tasks."""
+
+    tasks: list[str]
+    engine: str
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def to_json(self) -> str:
+        now = int(time.time() * 1000)
+        data = {"tasks": self.tasks, "engine": self.engine, "started": self.started_ms}
+        return json.dumps({**data, "heartbeat": now})
 
 
 class Keeper:
@@ -46,6 +68,7 @@ class Keeper:
         lease_seconds: float,
         period: float,
         grace_seconds: float,
+        presence: Presence | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -53,9 +76,11 @@ class Keeper:
         self.lease_ms = int(lease_seconds * 1000)
         self.grace_ms = int(grace_seconds * 1000)
         self.period = period
+        self.presence = presence
         self._loop: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self.announce()
         await self.recover()
         if self._loop is None:
             self._loop = asyncio.get_running_loop().create_task(self._run(), name="mageflow-keeper")
@@ -66,17 +91,27 @@ class Keeper:
             loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
+        if self.presence is not None:
+            with contextlib.suppress(Exception):  # a stale entry only ages out
+                await self.store.retire(self.presence.worker)
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.period)
             try:
                 await self.beat()
+                await self.announce()
                 await self.recover()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis trouble: leases run on; the next round tries again
                 log.warning("lease/recovery round failed: %r", exc)
+
+    async def announce(self) -> None:
+        if self.presence is not None:
+            await self.store.announce(
+                self.presence.worker, self.presence.to_json(), PRESENCE_TTL_MS
+            )
 
     async def beat(self) -> None:
         keys = self.engine.running_keys()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 import traceback
 from typing import Any
 
@@ -37,7 +38,7 @@ from mageflow.store.redis_store import Store
 from mageflow.store.schema import Answer, Field, PoisonReason, Verdict
 from mageflow.tasks import TaskDef, resolve_model
 
-log = logging.getLogger("mageflow")
+log = logging.getLogger("mageflow.runtime")
 
 #: Failures that another attempt cannot fix: the message itself is wrong.
 NOT_RETRYABLE: tuple[type[BaseException], ...] = (MessageValidationError, CallbackModelError)
@@ -51,6 +52,11 @@ def task_error(exc: BaseException, key: str, task_name: str) -> TaskError:
         key=key,
         task_name=task_name,
     )
+
+
+def _attempt_of(task: TaskDef, attempt: int) -> str:
+    """The attempt as log lines name it, "attempt 3 of 3": counted from 1 (the runner from 0)."""
+    return f"attempt {attempt + 1} of {task.retries + 1}"
 
 
 def build_message(
@@ -107,6 +113,9 @@ class Runtime:
         fields = claim.pairs()
         kwargs = Record(envelope.sig, fields).kwargs()
         message: BaseModel | dict[str, Any] = {**envelope.input, **kwargs}
+        nth = _attempt_of(task, attempt)
+        log.debug("task %r (%s) started, %s", task.name, envelope.sig, nth)
+        started = time.monotonic()
         scope = enter_run(envelope.sig, task.durable)
         try:
             model = self._model(task, fields.get(Field.MODEL, ""))
@@ -114,20 +123,34 @@ class Runtime:
             result = await self._call(task, message, ctx)
             value = dumps(result)
         except asyncio.CancelledError:
+            log.debug("task %r (%s) cancelled on %s", task.name, envelope.sig, nth)
             raise
         except Exception as exc:
-            final = attempt >= task.retries or isinstance(
-                exc, (*NOT_RETRYABLE, NonRetryableError, *self.engine.non_retryable_errors)
-            )
-            if not final:
-                return RunOutcome("retry", error=exc)
-            err = task_error(exc, envelope.sig, task.name)
-            await self.finish(envelope.sig, "failed", err.model_dump_json(), dumps(message))
-            return RunOutcome("failed", error=exc)
+            return await self._failed(task, envelope.sig, attempt, exc, message)
         finally:
             exit_run(scope)
+        took = time.monotonic() - started
+        log.debug("task %r (%s) done on %s in %.3f s", task.name, envelope.sig, nth, took)
         await self.finish(envelope.sig, "done", value, "")
         return RunOutcome("done", result=result)
+
+    async def _failed(
+        self, task: TaskDef, key: str, attempt: int, exc: Exception, message: Any
+    ) -> RunOutcome:
+        """Retry or fail for good. Every engine comes through here, so this is the one place a
+        task's failure is logged: WARNING when another attempt follows, ERROR when none does."""
+        not_retryable = isinstance(
+            exc, (*NOT_RETRYABLE, NonRetryableError, *self.engine.non_retryable_errors)
+        )
+        name, nth, what = task.name, _attempt_of(task, attempt), f"{type(exc).__name__}: {exc}"
+        if not (not_retryable or attempt >= task.retries):
+            log.warning("task %r (%s) failed on %s, will retry: %s", name, key, nth, what)
+            return RunOutcome("retry", error=exc)
+        why = " (not retryable)" if not_retryable and attempt < task.retries else ""
+        log.error("task %r (%s) failed for good on %s%s: %s", name, key, nth, why, what)
+        err = task_error(exc, key, task.name)
+        await self.finish(key, "failed", err.model_dump_json(), dumps(message))
+        return RunOutcome("failed", error=exc)
 
     async def _claim(self, task: TaskDef, envelope: Envelope, attempt: int) -> Answer:
         """The claim of this delivery; PoisonMessageError for one that can never run."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from mageflow.engines.base import Engine
@@ -45,6 +45,9 @@ class Sender:
         #: that ends abruptly still owes (see Mageflow's exit hook).
         self.unsent: dict[str, Action] = {}
         self._retries: set[asyncio.Task[None]] = set()
+        #: Called with every DELIVER action (a task or a container about to start) before it
+        #: goes out: how mageflow.testing records what a workflow dispatched, on any engine.
+        self.watchers: list[Callable[[Action], Awaitable[None]]] = []
 
     async def send(self, actions: Sequence[Action], *, raise_errors: bool = False) -> None:
         """Send every action; failed ones are retried in the background. With ``raise_errors``
@@ -89,9 +92,14 @@ class Sender:
         return error
 
     async def _send_one(self, action: Action) -> None:
+        # One DEBUG line per follow-up sent (a callback, a chain's next step, a swarm member):
+        # with mageflow's DEBUG on, the log shows what each finish set in motion.
         if action.kind is ActionKind.STOP:
             await self.engine.cancel(action.payload or action.key)
+            log.debug("asked the engine to stop %s", action.key)
             return
+        for watcher in self.watchers:
+            await watcher(action)
         envelope = Envelope.from_json(action.payload, action.key)
         if action.target is Kind.TASK:
             run_id = await self.engine.dispatch(action.task, envelope)
@@ -99,6 +107,7 @@ class Sender:
                 await self.store.set_fields(action.key, {Field.RUN_ID: run_id})
             if self.engine.redelivers:  # the broker has it: recovery waits the accepted grace
                 self.store.ack(action.entry)
+            log.debug("sent task %r (%s)", action.task, action.key)
             return
         await self.start_container(action.key, envelope)
 
@@ -111,6 +120,7 @@ class Sender:
         ret = dumps(envelope.ret) if envelope.has_ret else ""
         answer = await self.store.start_container(record.key, dumps(message), ret)
         if answer.verdict is Verdict.OK:
+            log.debug("started %s %s", record.kind, key)
             await self.send(answer.actions(), raise_errors=True)
         else:
             log.debug("container %s not started: %s %s", key, answer.verdict, answer.detail[0])

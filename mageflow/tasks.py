@@ -116,6 +116,11 @@ class MageflowTask:
     ``await task(msg)`` calls the function directly (handy in unit tests);
     ``await task.aio_run(msg)`` runs it through the engine and returns its result;
     ``await mf.sign(task)`` makes a signature.
+
+    Any other attribute is the engine's own task object's (``engine_task``): taskiq's ``kiq``,
+    Hatchet's ``to_proto``, ``schedule`` or ``aio_mock_run``..., so code written against the
+    engine's object keeps working. Names defined here (``name``, ``aio_run``,
+    ``aio_run_no_wait``, ``sign``) keep mageflow's meaning; ``engine_task`` has the engine's.
     """
 
     def __init__(self, definition: TaskDef, client: Workspace, engine_task: Any = None) -> None:
@@ -136,11 +141,37 @@ class MageflowTask:
     def __repr__(self) -> str:
         return f"<mageflow task {self.name!r}>"
 
+    def __getattr__(self, attr: str) -> Any:
+        # Only called for names this class lacks. Dunders are never forwarded, and state is read
+        # from __dict__: copy and pickle probe a bare instance (no __init__ run) for hooks such as
+        # __setstate__, which must fail plainly instead of recursing through this method.
+        if attr.startswith("__") and attr.endswith("__"):
+            raise AttributeError(attr)
+        state = self.__dict__
+        engine_task = state.get("engine_task")
+        name = state["definition"].name if "definition" in state else "?"
+        if engine_task is None:
+            raise AttributeError(f"mageflow task {name!r} has no attribute {attr!r}")
+        try:
+            return getattr(engine_task, attr)
+        except AttributeError:
+            raise AttributeError(
+                f"mageflow task {name!r} has no attribute {attr!r}, nor has its engine task "
+                f"({type(engine_task).__name__})"
+            ) from None
+
+    def __dir__(self) -> list[str]:
+        engine_task = self.__dict__.get("engine_task")
+        extra = dir(engine_task) if engine_task is not None else []
+        return sorted(set(super().__dir__()) | set(extra))
+
     async def sign(self, **kwargs: Any) -> Signature:
         return await self.client.sign(self, **kwargs)
 
     async def aio_run(self, msg: BaseModel | dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        """Run once through the engine (a fresh signature) and return the result."""
+        """Run once through the engine as a fresh signature (mageflow's retries, callbacks given
+        as ``kwargs``, state in Redis) and return the result. The engine's own method of this name
+        (Hatchet's) is ``engine_task.aio_run``."""
         data = message_dict(msg)  # a bad message is refused before a signature is stored
         sig = await self.client.sign(self, **kwargs)
         return await sig.aio_run(data)
@@ -148,6 +179,7 @@ class MageflowTask:
     async def aio_run_no_wait(
         self, msg: BaseModel | dict[str, Any] | None = None, **kwargs: Any
     ) -> Signature:
+        """Start a fresh signature and return it without waiting (see :meth:`aio_run`)."""
         data = message_dict(msg)
         sig = await self.client.sign(self, **kwargs)
         await sig.aio_run_no_wait(data)

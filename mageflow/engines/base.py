@@ -89,6 +89,11 @@ class Engine(ABC):
     #: the deliveries the ended event loop cut off (see :meth:`leftovers`).
     runs_in_process: bool = False
 
+    @property
+    def label(self) -> str:
+        """A short name for operators (``mageflow workers``): inproc, taskiq, hatchet."""
+        return type(self).__name__.removesuffix("Engine").lower() or "engine"
+
     #: The engine's own "do not retry" exceptions, which fail a task at once like
     #: :class:`~mageflow.errors.NonRetryableError`.
     non_retryable_errors: tuple[type[BaseException], ...] = ()

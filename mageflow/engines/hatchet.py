@@ -16,6 +16,9 @@ outcome is reported back to Hatchet in its own terms:
 Runs are triggered by task name, so a producer needs no import of the task. Each is a root Hatchet
 run (never a child of the task that dispatched it) tagged with the signature in its additional
 metadata; its run id is returned so mageflow can cancel it later.
+
+A mageflow task's ``engine_task`` is a :class:`HatchetTask`: the registered Standalone as Hatchet
+code uses it, whose mock runs call the user's function (see docs/engines/hatchet.md).
 """
 
 from __future__ import annotations
@@ -121,6 +124,119 @@ class HatchetEnvelope(BaseModel):
 TaskFn = Callable[[HatchetEnvelope, Context], Coroutine[Any, Any, dict[str, Any]]]
 
 
+class _DictInput(BaseModel):
+    """A dict task's mock-run input: hatchet-sdk's mock run keeps only a model's fields, so the
+    dict travels as this model's extra fields and is handed to the function as a dict again."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class HatchetTask:
+    """``engine_task`` of a mageflow task on Hatchet: the registered Standalone
+    (:attr:`standalone`), usable as Hatchet code uses it.
+
+    Every attribute is the Standalone's (``to_proto``, ``name``, ``aio_run``, ``schedule``,
+    ``create_cron``...) except the mock runs. The Standalone's function takes mageflow's
+    envelope, so :meth:`mock_run` and :meth:`aio_mock_run` call the user's function instead,
+    with the input and a mock context built by hatchet-sdk, as hatchet-sdk does for a plain
+    task; neither touches Redis or a Hatchet server. ``standalone.aio_mock_run`` is the
+    envelope-level one.
+    """
+
+    def __init__(
+        self, task: TaskDef, standalone: Standalone[HatchetEnvelope, Any], hatchet: Hatchet
+    ) -> None:
+        self.standalone = standalone
+        self._definition = task
+        self._hatchet = hatchet
+        self._mock: Standalone[Any, Any] | None = None
+
+    def __getattr__(self, attr: str) -> Any:
+        # Read from __dict__ and never forward dunders: copy and pickle probe bare instances.
+        if (attr.startswith("__") and attr.endswith("__")) or "standalone" not in self.__dict__:
+            raise AttributeError(attr)
+        return getattr(self.__dict__["standalone"], attr)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(dir(self.standalone)))
+
+    def __repr__(self) -> str:
+        return f"<mageflow Hatchet task {self._definition.name!r}>"
+
+    def mock_run(
+        self,
+        input: Any = None,
+        additional_metadata: dict[str, Any] | None = None,
+        parent_outputs: dict[str, dict[str, Any]] | None = None,
+        retry_count: int = 0,
+        lifespan: Any = None,
+        dependencies: dict[str, Any] | None = None,
+    ) -> Any:
+        """hatchet-sdk's ``mock_run`` (sync task functions): what the function returns."""
+        mock = self._mock_task()
+        args = (additional_metadata, parent_outputs, retry_count, lifespan, dependencies)
+        return mock.mock_run(self._mock_input(input), *args)
+
+    async def aio_mock_run(
+        self,
+        input: Any = None,
+        additional_metadata: dict[str, Any] | None = None,
+        parent_outputs: dict[str, dict[str, Any]] | None = None,
+        retry_count: int = 0,
+        lifespan: Any = None,
+        dependencies: dict[str, Any] | None = None,
+    ) -> Any:
+        """hatchet-sdk's ``aio_mock_run`` (async task functions): what the function returns."""
+        mock = self._mock_task()
+        args = (additional_metadata, parent_outputs, retry_count, lifespan, dependencies)
+        return await mock.aio_mock_run(self._mock_input(input), *args)
+
+    def _mock_task(self) -> Standalone[Any, Any]:
+        """A Standalone registered nowhere, declared like the real one (name, retries, durable)
+        but on the user's input model and function, so that hatchet-sdk's own mock run builds the
+        context (``Context`` or ``DurableContext``, retry count, metadata, lifespan) and checks
+        sync against async exactly as for a plain Hatchet task."""
+        task, hatchet = self._definition, self._hatchet
+        if self._mock is None:
+            declare = hatchet.durable_task if task.durable else hatchet.task
+            model = task.input_validator or _DictInput
+            self._mock = declare(name=task.name, input_validator=model, retries=task.retries)(
+                _mock_body(task)
+            )
+        return self._mock
+
+    def _mock_input(self, given: Any) -> BaseModel:
+        """``given`` as the task's model (a dict is validated into it, as mageflow does)."""
+        model = self._definition.input_validator
+        if model is not None and isinstance(given, model):
+            return given
+        data = given.model_dump() if isinstance(given, BaseModel) else dict(given or {})
+        return (model or _DictInput).model_validate(data)
+
+
+def _mock_body(task: TaskDef) -> Callable[..., Any]:
+    """The mock Standalone's function. hatchet-sdk calls it with (input, ctx, **dependencies);
+    it calls the user's function as mageflow's runner does: the message, then the context when
+    the task asks for it (dependencies go on as keywords, as hatchet-sdk passes them)."""
+    fn = task.fn
+
+    def arguments(payload: BaseModel, ctx: Context) -> tuple[Any, ...]:
+        message = dict(payload.model_extra or {}) if isinstance(payload, _DictInput) else payload
+        return (message, ctx) if task.with_context else (message,)
+
+    async def run_async(payload: BaseModel, ctx: Context, **dependencies: Any) -> Any:
+        return await fn(*arguments(payload, ctx), **dependencies)
+
+    def run_sync(payload: BaseModel, ctx: Context, **dependencies: Any) -> Any:
+        return fn(*arguments(payload, ctx), **dependencies)
+
+    # Same kind as the user's function: hatchet-sdk refuses mock_run on an async task and
+    # aio_mock_run on a sync one, and so does this.
+    body = run_async if inspect.iscoroutinefunction(fn) else run_sync
+    body.__name__ = body.__qualname__ = task.name
+    return body
+
+
 class HatchetEngine(Engine):
     """Runs mageflow tasks as Hatchet standalone tasks; workers come from :meth:`worker`."""
 
@@ -137,7 +253,7 @@ class HatchetEngine(Engine):
 
     # -- declaring tasks ------------------------------------------------------------------------
 
-    def register(self, task: TaskDef, runner: Runner) -> Standalone[HatchetEnvelope, Any]:
+    def register(self, task: TaskDef, runner: Runner) -> HatchetTask:
         options = self._task_options(task)
         fn = self._task_function(task, runner)
         standalone: Standalone[HatchetEnvelope, Any]
@@ -150,7 +266,7 @@ class HatchetEngine(Engine):
                 name=task.name, input_validator=HatchetEnvelope, **options
             )(fn)
         self._registered[task.name] = standalone
-        return standalone
+        return HatchetTask(task, standalone, self.hatchet)
 
     def _task_options(self, task: TaskDef) -> dict[str, Any]:
         """The keyword arguments of ``hatchet.task`` for ``task`` (besides name and input)."""
@@ -276,6 +392,8 @@ class HatchetEngine(Engine):
         found: list[BaseWorkflow[Any]] = [self._registered[n] for n in client.tasks]
         for item in extra or []:
             workflow = getattr(item, "engine_task", item)
+            if isinstance(workflow, HatchetTask):
+                workflow = workflow.standalone
             if not isinstance(workflow, BaseWorkflow):
                 raise ConfigurationError(
                     f"workflows must be Hatchet workflows or mageflow tasks, not {item!r}"

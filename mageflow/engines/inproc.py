@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +11,6 @@ from mageflow.engines.base import Engine, Runner, RunOutcome
 from mageflow.envelope import Envelope
 from mageflow.errors import UnknownTaskError
 from mageflow.tasks import TaskDef
-
-log = logging.getLogger("mageflow.inproc")
 
 
 @dataclass(slots=True)
@@ -81,11 +78,8 @@ class InProcEngine(Engine):
             for attempt in range(task.retries + 1):
                 ctx = InProcContext(envelope.sig, task.name, attempt, task.retries)
                 outcome: RunOutcome = await runner(task, envelope, attempt, ctx)
-                if not outcome.retry:
+                if not outcome.retry:  # (a retried attempt was logged by the runtime)
                     return
-                log.debug(
-                    "task %s attempt %d failed, retrying: %r", task.name, attempt, outcome.error
-                )
 
     async def cancel(self, run_id: str) -> bool:
         return self.stop_local(run_id)

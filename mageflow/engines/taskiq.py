@@ -286,10 +286,7 @@ class TaskiqEngine(Engine):
             if outcome == "canceled":
                 return "ack"
             assert isinstance(outcome, RunOutcome)
-            if outcome.retry:
-                log.info(
-                    "%s (%s) attempt %d failed: %r", name, envelope.sig, attempt, outcome.error
-                )
+            if outcome.retry:  # (the runtime logged the failed attempt)
                 if await self._send_retry(name, envelope, attempt + 1):
                     return "ack"
                 attempt += 1  # the broker refused it: run the next attempt right here

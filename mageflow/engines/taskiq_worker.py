@@ -15,6 +15,11 @@ under our own loop:
 
 With ``workers > 1`` a supervisor starts that many ``python -m mageflow.engines.taskiq_worker``
 children, forwards the first signal, and replaces a child that dies after running a while.
+
+Bad configuration fails fast, before any child starts, with one line and exit code 2: an option
+out of range, an app that cannot be loaded or is not a Mageflow client on Taskiq, a broker that
+cannot be reached at start. Replacing children is for crashes, not for settings that can never
+work.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
@@ -40,9 +44,15 @@ from taskiq.message import TaskiqMessage
 from taskiq.receiver import Receiver
 from taskiq.utils import maybe_awaitable
 
-from mageflow.engines.base import Engine
 from mageflow.engines.taskiq import TaskiqEngine
 from mageflow.engines.taskiq_streams import broker_warnings
+from mageflow.engines.worker_setup import (
+    check_broker,
+    check_options,
+    configure_logging,
+    load_app,
+    one_line,
+)
 from mageflow.errors import ConfigurationError, PoisonMessageError
 from mageflow.poison import check_attempt, check_envelope, poison
 from mageflow.store.schema import PoisonReason
@@ -51,11 +61,11 @@ from mageflow.workspace import Workspace
 log = logging.getLogger("mageflow.worker")
 
 CHILD_MODULE = "mageflow.engines.taskiq_worker"  # (this module; __name__ is __main__ under -m)
-LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 SIGNAL_DEBOUNCE = 1.0  # a signal this soon after the first is the same request (Ctrl-C reaches
 # every process of the terminal's group, and the supervisor forwards it too)
 STARTUP_GRACE = 5.0  # a child dying sooner than this after its start is restarted after a pause
 FORCE_EXIT_AFTER = 10.0  # after forcing, exit hard if cleanup still hangs this long
+EXIT_CONFIG = 2  # exit code of a worker whose configuration cannot work
 
 
 class MageflowReceiver(Receiver):
@@ -134,6 +144,7 @@ class TaskiqWorker:
         self.concurrency = concurrency
         self.shutdown_timeout = shutdown_timeout
         self.max_prefetch = max_prefetch
+        self.ready = False  # set once consuming: a failure before that is a failed start
 
     async def run(self, stop: asyncio.Event, force: asyncio.Event | None = None) -> int:
         """Serve until ``stop``; drain; 0 when every running task finished, 1 when forced."""
@@ -158,6 +169,7 @@ class TaskiqWorker:
                 self.concurrency,
                 type(broker).__name__,
             )
+            self.ready = True
             return await self._serve(receiver, stop, force or asyncio.Event())
         finally:
             await self.client.close()  # stops the engine's loops and shuts the broker down
@@ -202,42 +214,36 @@ class TaskiqWorker:
 # -- one worker process ---------------------------------------------------------------------------
 
 
-def _is_client(obj: Any) -> bool:
-    # Duck-typed: this module sits below the client and does not import it.
-    return isinstance(getattr(obj, "engine", None), Engine) and callable(
-        getattr(obj, "worker", None)
-    )
-
-
-def load_app(app: str) -> Workspace:
-    """The client named by ``"module:attribute"`` (an attribute may also be a factory)."""
-    module_name, sep, attr = app.partition(":")
-    if not (sep and module_name and attr):
-        raise ConfigurationError(f"expected module:attribute, like myapp.tasks:mf, not {app!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    if callable(obj) and not _is_client(obj):
-        obj = obj()
-    if not _is_client(obj):
-        raise ConfigurationError(f"{app} is a {type(obj).__name__}, not a Mageflow client")
-    if not isinstance(obj.engine, TaskiqEngine):
-        raise ConfigurationError(
-            f"{app} does not run on Taskiq (engine {type(obj.engine).__name__}); build it as "
-            "Mageflow(broker, redis) with a taskiq broker"
-        )
-    return obj  # type: ignore[no-any-return]
-
-
 def serve(
-    app: str, concurrency: int = 100, shutdown_timeout: float = 30.0, supervised: bool = False
+    app: str,
+    concurrency: int = 100,
+    shutdown_timeout: float = 30.0,
+    supervised: bool = False,
+    log_level: str | None = None,
 ) -> int:
     """Run one worker in this process until SIGTERM/SIGINT; the exit code."""
-    client = load_app(app)
+    try:
+        client = load_app(app)
+    except ConfigurationError as exc:
+        return _refuse(f"cannot load {app}: {exc}", log_level, exc)
+    configure_logging(log_level)
+    return _serve_client(client, concurrency, shutdown_timeout, supervised)
+
+
+def _serve_client(
+    client: Workspace, concurrency: int, shutdown_timeout: float, supervised: bool
+) -> int:
     worker = TaskiqWorker(client, concurrency=concurrency, shutdown_timeout=shutdown_timeout)
-    return asyncio.run(_serve_with_signals(worker, supervised))
+    try:
+        return asyncio.run(_serve_with_signals(worker, supervised))
+    except Exception as exc:
+        if worker.ready:
+            raise  # a crash while serving: its traceback is what one needs to fix it
+        # A failed start (the broker or Redis went away since the check at start): one line.
+        # A supervisor restarts this child after a pause; a lone worker exits.
+        log.error("the worker could not start: %s", one_line(exc))
+        log.debug("why the worker could not start", exc_info=exc)
+        return EXIT_CONFIG
 
 
 async def _serve_with_signals(worker: TaskiqWorker, supervised: bool) -> int:
@@ -298,40 +304,52 @@ def run_worker(
     concurrency: int = 100,
     *,
     shutdown_timeout: float = 30.0,
-    log_level: str = "INFO",
+    log_level: str | None = None,
 ) -> int:
     """Run ``workers`` processes serving the tasks of ``app`` ("module:attribute" naming a
     Mageflow client on a taskiq broker), each running up to ``concurrency`` tasks at once.
 
-    Returns the exit code: 0 after a clean shutdown, 1 when forced or a worker failed, 2 when
-    the app cannot be loaded.
+    ``log_level`` (default INFO) is the level of the logging the worker sets up; when the app
+    configured logging itself at import, only the ``mageflow`` loggers get a level given here.
+
+    Returns the exit code: 0 after a clean shutdown, 1 when forced or a worker failed, 2
+    (:data:`EXIT_CONFIG`) when the configuration cannot work: an option out of range, an app
+    that cannot be loaded, a broker that cannot be reached. Those are checked once, here,
+    before any worker starts, and reported in one line.
     """
-    configure_logging(log_level)
     try:
-        load_app(app)  # fail here, once, rather than in every child
-    except (ConfigurationError, ImportError, AttributeError) as exc:
-        log.error("cannot load %s: %s", app, exc)
-        return 2
-    if workers <= 1:
-        return serve(app, concurrency, shutdown_timeout)
+        check_options(workers, concurrency, shutdown_timeout, log_level)
+    except ConfigurationError as exc:
+        return _refuse(str(exc), None, exc)
+    try:
+        client = load_app(app)
+    except ConfigurationError as exc:
+        return _refuse(f"cannot load {app}: {exc}", log_level, exc)
+    configure_logging(log_level)  # after the import: an app that set up logging keeps it
+    assert isinstance(client.engine, TaskiqEngine)  # (load_app checked it)
+    try:
+        asyncio.run(check_broker(client.engine.broker))
+    except ConfigurationError as exc:
+        return _refuse(str(exc), log_level, exc)
+    if workers == 1:
+        return _serve_client(client, concurrency, shutdown_timeout, supervised=False)
     args = ["--concurrency", str(concurrency), "--shutdown-timeout", str(shutdown_timeout)]
-    child = [
-        sys.executable,
-        "-m",
-        CHILD_MODULE,
-        app,
-        *args,
-        "--log-level",
-        log_level,
-        "--supervised",
-    ]
+    if log_level is not None:
+        args += ["--log-level", log_level]
+    child = [sys.executable, "-m", CHILD_MODULE, app, *args, "--supervised"]
     return Supervisor(child, workers, shutdown_timeout).run()
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("taskiq.receiver").setLevel(logging.WARNING)  # a line per message
+def _refuse(message: str, log_level: str | None, cause: BaseException | None = None) -> int:
+    """Report a configuration that cannot work in one line (the cause's traceback only at
+    DEBUG) and return :data:`EXIT_CONFIG`."""
+    with contextlib.suppress(ConfigurationError):  # a bad level: fall back to the default
+        configure_logging(log_level)
+    configure_logging(None)  # (nothing when configured above)
+    log.error("%s", message)
+    if cause is not None:  # what went wrong where: at DEBUG, for who asks
+        log.debug("details", exc_info=cause.__cause__ or cause)
+    return EXIT_CONFIG
 
 
 class Supervisor:
@@ -420,12 +438,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--concurrency", type=int, default=100, help="tasks at once per process")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds to drain")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING ...")
     parser.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.supervised:
-        configure_logging(opts.log_level)
-        return serve(opts.app, opts.concurrency, opts.shutdown_timeout, supervised=True)
+        return serve(
+            opts.app, opts.concurrency, opts.shutdown_timeout, True, log_level=opts.log_level
+        )
     return run_worker(
         opts.app,
         opts.workers,

@@ -13,6 +13,10 @@ Layout, with the default namespace ``mageflow``::
     mageflow:outbox                   zset   queued messages not yet sent: "<key>@<ms>" -> queued at
     mageflow:leases                   zset   running tasks: signature key -> lease deadline (ms)
     mageflow:dead                     stream dead letters: deliveries refused as poison
+    mageflow:workflows                zset   started root signatures, running: key -> created (ms)
+    mageflow:workflows:ended          zset   started root signatures, ended: key -> created (ms)
+    mageflow:workflows:expiry         zset   the ended ones again: key -> when their records expire
+    mageflow:workers                  hash   processes with tasks: host:pid -> JSON presence
     mageflow:done:{wf}                pubsub channel announcing finished signatures to waiters
     mageflow:cancel                   pubsub channel asking workers to stop a running signature
 """
@@ -32,6 +36,9 @@ from mageflow.store.schema import SubKey
 SIG_SEGMENT = ":sig:"
 DONE_SEGMENT = ":done:"
 OUTBOX_SUFFIX = ":outbox"
+WORKFLOWS_SUFFIX = ":workflows"
+ENDED_SUFFIX = ":workflows:ended"
+EXPIRY_SUFFIX = ":workflows:expiry"
 
 
 def new_id() -> str:
@@ -80,6 +87,29 @@ class KeySchema:
     def dead_letters(self) -> str:
         """Stream of deliveries refused as poison (mageflow/poison.py), newest last."""
         return f"{self.namespace}:dead"
+
+    @property
+    def workflows(self) -> str:
+        """Index of started root signatures (no parent, no owner) that have not ended, by
+        creation time, so operators list workflows without scanning the keyspace. The start
+        (launch.lua) adds a root; its end (finalize in lib.lua) moves it to :attr:`ended`."""
+        return f"{self.namespace}{WORKFLOWS_SUFFIX}"
+
+    @property
+    def ended(self) -> str:
+        """Index of ended workflows by creation time; :attr:`expiry` holds each one's expiry,
+        so every end drops the entries whose records are gone."""
+        return f"{self.namespace}{ENDED_SUFFIX}"
+
+    @property
+    def expiry(self) -> str:
+        return f"{self.namespace}{EXPIRY_SUFFIX}"
+
+    @property
+    def workers(self) -> str:
+        """Presence of the processes that registered tasks: ``host:pid`` -> JSON (tasks, engine,
+        start, last heartbeat), refreshed by each process's keeper loop."""
+        return f"{self.namespace}:workers"
 
     def owns(self, key: object) -> bool:
         """True when ``key`` is shaped like a signature key of this namespace (the scripts check

@@ -379,6 +379,26 @@ class Store:
 
     # -- task registry ------------------------------------------------------------------------
 
+    async def expedite(self, entries: list[str]) -> None:
+        """Make queued outbox ``entries`` due now: the next recovery round of any process sends
+        them (for a caller with no engine to send them itself, such as the command line)."""
+        if entries:
+            async with self._guard():
+                await self.redis.zadd(self.keys.outbox, dict.fromkeys(entries, 0), xx=True)
+
+    async def announce(self, worker: str, presence: str, ttl_ms: int) -> None:
+        """Publish this process's presence (``mageflow workers``); the hash lives ``ttl_ms``
+        past the last announcement of any process."""
+        async with self._guard():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(self.keys.workers, worker, presence)
+            pipe.pexpire(self.keys.workers, ttl_ms)
+            await pipe.execute()
+
+    async def retire(self, worker: str) -> None:
+        async with self._guard():
+            await self.redis.hdel(self.keys.workers, worker)
+
     async def register_tasks(self, entries: dict[str, str]) -> None:
         if entries:
             async with self._guard():

@@ -7,7 +7,14 @@ import json
 from functools import cache
 from importlib import resources
 
-from mageflow.store.keys import DONE_SEGMENT, OUTBOX_SUFFIX, SIG_SEGMENT
+from mageflow.store.keys import (
+    DONE_SEGMENT,
+    ENDED_SUFFIX,
+    EXPIRY_SUFFIX,
+    OUTBOX_SUFFIX,
+    SIG_SEGMENT,
+    WORKFLOWS_SUFFIX,
+)
 from mageflow.store.schema import RECORD_MARK, lua_constants
 
 SCRIPT_NAMES = (
@@ -32,7 +39,14 @@ def _read(name: str) -> str:
 
 
 def generated_prelude() -> str:
-    segments = {"SIG": SIG_SEGMENT, "DONE": DONE_SEGMENT, "OUTBOX": OUTBOX_SUFFIX}
+    segments = {
+        "SIG": SIG_SEGMENT,
+        "DONE": DONE_SEGMENT,
+        "OUTBOX": OUTBOX_SUFFIX,
+        "WORKFLOWS": WORKFLOWS_SUFFIX,
+        "ENDED": ENDED_SUFFIX,
+        "EXPIRY": EXPIRY_SUFFIX,
+    }
     body = ", ".join(f"{k}={json.dumps(v)}" for k, v in segments.items())
     mark = f"local RECORD_MARK = {json.dumps(RECORD_MARK)}"
     return "\n".join([lua_constants(), f"local SEG = {{{body}}}", mark])

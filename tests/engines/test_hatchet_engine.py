@@ -67,8 +67,8 @@ async def test_declaration_payload(hatchet: Mageflow) -> None:
     async def declared(msg: Item) -> None:
         pass
 
-    assert isinstance(declared.engine_task, Standalone)
-    proto = declared.engine_task.to_proto()
+    assert isinstance(declared.standalone, Standalone)
+    proto = declared.standalone.to_proto()
     (task,) = proto.tasks
     assert proto.name == "declared" and proto.description == "a declared task"
     assert (task.readable_id, task.action) == ("declared", "declared:declared")
@@ -92,11 +92,11 @@ async def test_declaration_defaults_and_durable(hatchet: Mageflow) -> None:
     async def durable_one(msg: Item) -> None:
         pass
 
-    (task,) = defaults.engine_task.to_proto().tasks
+    (task,) = defaults.standalone.to_proto().tasks
     assert task.retries == 0 and task.timeout == "75s"  # Hatchet's 60 s default, plus grace
     assert hatchet.tasks["defaults"].timeout == 60  # which mageflow now enforces too
     assert [c.max_runs for c in task.concurrency] == [2]
-    (durable,) = durable_one.engine_task.to_proto().tasks
+    (durable,) = durable_one.standalone.to_proto().tasks
     assert durable.is_durable
 
 
@@ -140,7 +140,7 @@ async def test_producer_dispatches_by_name_without_the_task(
         await sig.aio_run_no_wait(Item(n=1))
         (run,) = loopback.triggered()
         assert run.name == "remote-task" and run.input["input"] == {"n": 1}
-        assert engine_of(producer).standalone("remote-task") is not remote_task.engine_task
+        assert engine_of(producer).standalone("remote-task") is not remote_task.standalone
         await drain(loopback, hatchet)  # the worker runs it
         assert await sig.astatus() is SignatureStatus.DONE and sig.result_value == 2
         assert (await sig.aload())._record.get("run") == run.run_id
@@ -181,7 +181,7 @@ async def test_a_payload_that_is_not_an_envelope_fails_without_retries(
     from hatchet_sdk import NonRetryableException
 
     with pytest.raises(NonRetryableException, match="not a mageflow envelope"):
-        await guarded.engine_task.aio_mock_run(input=HatchetEnvelope())
+        await guarded.standalone.aio_mock_run(input=HatchetEnvelope())
 
 
 # -- chains and swarms ----------------------------------------------------------------------------
@@ -256,11 +256,18 @@ async def test_cancel_calls_hatchet_with_the_run_id(
     assert not await engine.cancel("neither-a-run-nor-a-signature")
 
 
+#: Upper bound of every wait in the sibling-cancel test: nothing there waits unbounded.
+BOUND = 10.0
+
+
 async def test_a_failing_member_cancels_its_running_sibling_through_the_hatchet_api(
     hatchet: Mageflow, loopback: LoopbackHatchet
 ) -> None:
-    # The offline stand-in shows the cancel request mageflow sends to Hatchet's API; no real
-    # Hatchet server stops the run here.
+    # What the offline stand-in can show: the failing member makes mageflow ask Hatchet's REST API
+    # to cancel the sibling's run, by the run id dispatch stored. No server stops that run here,
+    # so the sibling is released and finishes on its own; its signature stays canceled.
+    # The members are told apart by their bound kwargs, never by dispatch order (both are sent
+    # at once); they run one at a time in a fixed order; every wait is bounded.
     started, release = asyncio.Event(), asyncio.Event()
 
     @hatchet.task(name="member", input_validator=Item)
@@ -268,7 +275,7 @@ async def test_a_failing_member_cancels_its_running_sibling_through_the_hatchet_
         if msg.n == 0:
             raise ValueError("first member fails")
         started.set()
-        await release.wait()
+        await asyncio.wait_for(release.wait(), BOUND)
         return msg.n
 
     swarm = await hatchet.swarm(
@@ -276,24 +283,29 @@ async def test_a_failing_member_cancels_its_running_sibling_through_the_hatchet_
         config=SwarmConfig(stop_after_n_failures=1),
         is_swarm_closed=True,
     )
-    await swarm.aio_run_no_wait({})
-    # Both members are dispatched at once, in either order: tell them apart by their kwargs.
+    await asyncio.wait_for(swarm.aio_run_no_wait({}), BOUND)  # returns once both are dispatched
     runs = loopback.triggered("member")
-    bound = [(await hatchet.load_signature(r.input["sig"])).kwargs["n"] for r in runs]
-    failing, running = (runs[0], runs[1]) if bound == [0, 1] else (runs[1], runs[0])
-    by_name = {w.name: w for w in worker_workflows(hatchet)}
-    workflow = by_name["member"]
+    assert len(runs) == 2
+    by_n = {(await hatchet.load_signature(r.input["sig"])).kwargs["n"]: r for r in runs}
+    failing, running = by_n[0], by_n[1]
+    (workflow,) = [w for w in worker_workflows(hatchet) if w.name == "member"]
     assert isinstance(workflow, Standalone)
+
     busy = asyncio.ensure_future(loopback.execute(workflow, running))
-    await asyncio.wait_for(started.wait(), 10)  # the second member is now running
-    record = (await hatchet.load_signature(running.input["sig"]))._record
-    assert record.status == "active"
-    assert record.get("run") == running.run_id  # dispatch's run id was stored
-    await loopback.execute(workflow, failing)
-    assert _cancelled_ids(loopback) == [{"externalIds": [running.run_id]}]
-    release.set()
-    await asyncio.wait_for(busy, 10)
-    assert await swarm.astatus() is SignatureStatus.FAILED
+    try:
+        await asyncio.wait_for(started.wait(), BOUND)  # the sibling is now running
+        record = (await hatchet.load_signature(running.input["sig"]))._record
+        assert record.status == "active"
+        assert record.get("run") == running.run_id  # dispatch's run id was stored
+        await asyncio.wait_for(loopback.execute(workflow, failing), BOUND)
+        assert failing.status == "FAILED" and failing.attempts == [0]
+        assert _cancelled_ids(loopback) == [{"externalIds": [running.run_id]}]
+        assert await asyncio.wait_for(swarm.astatus(), BOUND) is SignatureStatus.FAILED
+    finally:
+        release.set()
+        await asyncio.wait_for(asyncio.gather(busy, return_exceptions=True), BOUND)
+    sibling = await hatchet.load_signature(running.input["sig"])
+    assert await sibling.astatus() is SignatureStatus.CANCELED  # its late result changes nothing
 
 
 # -- leases ---------------------------------------------------------------------------------------

@@ -14,4 +14,5 @@ for i = 3, #KEYS do
   statuses[#statuses + 1] = st or V.MISSING
 end
 keep_index(LEASES)
+keep_index(WORKFLOWS)  -- a long task keeps its workflow listed while it runs
 return answer_with(V.OK, '', '', '', statuses)

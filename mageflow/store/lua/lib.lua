@@ -60,7 +60,13 @@ end
 -- Only records of this namespace are touched: a script's own keys must be signature keys under
 -- the namespace of its outbox, and an existing one must be a hash carrying the record marker.
 -- A key refused here was not written to.
-local SIG_PREFIX = string.sub(OUTBOX, 1, #OUTBOX - #SEG.OUTBOX) .. SEG.SIG .. '{'
+local NAMESPACE = string.sub(OUTBOX, 1, #OUTBOX - #SEG.OUTBOX)
+local SIG_PREFIX = NAMESPACE .. SEG.SIG .. '{'
+-- The workflow indexes (what `mageflow ls` reads). Derived from the namespace like the prefix
+-- above; Redis Cluster support will have to pass them as keys.
+local WORKFLOWS = NAMESPACE .. SEG.WORKFLOWS
+local ENDED_WORKFLOWS = NAMESPACE .. SEG.ENDED
+local WORKFLOW_EXPIRY = NAMESPACE .. SEG.EXPIRY
 local function refusal(key)
   if string.sub(key, 1, #SIG_PREFIX) ~= SIG_PREFIX then return V.FOREIGN end
   local mark = redis.pcall('HGET', key, F.MARK)
@@ -201,6 +207,7 @@ local function touch_container(c)
   c.touched = now
   redis.call('HSET', c.key, F.TOUCHED, now)
   expire(c.key, LIVE)
+  keep_index(WORKFLOWS)  -- a long workflow keeps its index entry listed while it progresses
   local f = redis.call('HMGET', c.key, F.SUCCESS, F.ERRORS)
   for i = 1, 2 do
     for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, 0, LIVE) end
@@ -260,9 +267,28 @@ local function deliver(key, env)
   push(ACT.DELIVER, key, f[2], f[3], env, entry)
 end
 
+-- A started root ended: move it from the running index to the ended one, note when its records
+-- expire, and drop (a bounded number of) ended entries whose records are gone. Only roots that
+-- were started are in the running index, so the ZREM tells them apart.
+local function retire_workflow(key, kind, created)
+  if redis.call('ZREM', WORKFLOWS, key) == 0 then return end
+  local ttl, now = ttl_of(ENDED, kind), now_ms()
+  redis.call('ZADD', ENDED_WORKFLOWS, tonumber(created) or now, key)
+  redis.call('ZADD', WORKFLOW_EXPIRY, now + ttl, key)
+  local gone = redis.call('ZRANGEBYSCORE', WORKFLOW_EXPIRY, '-inf', now, 'LIMIT', 0, 100)
+  if #gone > 0 then
+    redis.call('ZREM', ENDED_WORKFLOWS, unpack(gone))
+    redis.call('ZREM', WORKFLOW_EXPIRY, unpack(gone))
+  end
+  for _, index in ipairs({ENDED_WORKFLOWS, WORKFLOW_EXPIRY}) do
+    if redis.call('PTTL', index) < ttl then redis.call('PEXPIRE', index, ttl) end
+  end
+end
+
 -- Record a terminal outcome on one signature and queue its callbacks. Returns its parent's state
 -- (nil when it has none), read once here for complete().
-local FINAL_FIELDS = {F.SUCCESS, F.ERRORS, F.WAITED, F.PARENT, F.KIND, F.CACHE, F.STATUS}
+local FINAL_FIELDS = {F.SUCCESS, F.ERRORS, F.WAITED, F.PARENT, F.KIND, F.CACHE, F.STATUS,
+  F.OWNER, F.CREATED}
 local function finalize(key, outcome, value, msg, f)
   f = f or redis.call('HMGET', key, unpack(FINAL_FIELDS))
   local field = (outcome == ST.DONE) and F.RESULT or F.ERROR
@@ -296,6 +322,7 @@ local function finalize(key, outcome, value, msg, f)
     set_ttl(key, ENDED, f[5] or KIND.TASK, f[6])
     for _, child in ipairs(children(key, nil, f[5] or KIND.TASK)) do expire_tree(child, 1, ENDED) end
   end
+  if not p and (f[8] or '') == '' then retire_workflow(key, f[5] or KIND.TASK, f[9]) end
   return p
 end
 
