@@ -71,6 +71,8 @@ async def swarm(
     error_callbacks: Sequence[Any] | None = None,
     config: SwarmConfig | None = None,
     is_swarm_closed: bool = False,
+    item_success_callbacks: Sequence[Any] | None = None,
+    item_error_callbacks: Sequence[Any] | None = None,
     **kwargs: Any,
 ) -> SwarmSignature:
     """Store a swarm of ``tasks``; see Mageflow.swarm."""
@@ -81,11 +83,42 @@ async def swarm(
         error_callbacks=error_callbacks,
         config=config,
         is_swarm_closed=is_swarm_closed,
+        item_success_callbacks=item_success_callbacks,
+        item_error_callbacks=item_error_callbacks,
         **kwargs,
     )
 
 
 aswarm = swarm
+
+
+async def map(
+    task: Any,
+    /,
+    config: SwarmConfig | None = None,
+    success_callbacks: Sequence[Any] | None = None,
+    error_callbacks: Sequence[Any] | None = None,
+    item_success_callbacks: Sequence[Any] | None = None,
+    item_error_callbacks: Sequence[Any] | None = None,
+    items_field: str = "items",
+    name: str | None = None,
+    **kwargs: Any,
+) -> SwarmSignature:
+    """Store a map of ``task`` over a list known only when it runs; see Mageflow.map."""
+    return await current_client().map(
+        task,
+        config=config,
+        success_callbacks=success_callbacks,
+        error_callbacks=error_callbacks,
+        item_success_callbacks=item_success_callbacks,
+        item_error_callbacks=item_error_callbacks,
+        items_field=items_field,
+        name=name,
+        **kwargs,
+    )
+
+
+amap = map
 
 
 async def suspend(key: str) -> None:

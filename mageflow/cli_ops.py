@@ -147,7 +147,7 @@ def ls(
 def node_label(node: dict[str, Any]) -> Text:
     label = Text()
     label.append_text(status_text(node["status"]))
-    label.append(f" {node['kind'] or '?'} ", style="bold")
+    label.append(f" {'map' if node.get('map') else node['kind'] or '?'} ", style="bold")
     label.append(node["name"] or "?")
     label.append(f"  {node['key']}", style="dim")
     if node.get("attempt"):

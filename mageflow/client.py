@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import json
 import logging
 import sys
@@ -14,9 +15,16 @@ from typing import Any, overload
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from mageflow import compose
+from mageflow import compose, mapping
 from mageflow.config import MageflowConfig, SwarmConfig
-from mageflow.containers import ChainSignature, SwarmSignature, create_chain, create_swarm
+from mageflow.containers import (
+    Callbacks,
+    ChainSignature,
+    SwarmSignature,
+    create_chain,
+    create_map,
+    create_swarm,
+)
 from mageflow.engines import Engine, resolve_engine
 from mageflow.engines.base import EngineServices
 from mageflow.errors import (
@@ -198,6 +206,7 @@ class Mageflow:
         await store.ping()
         await store.register_tasks({n: t.meta_json() for n, t in self._tasks.items()})
         sender = Sender(store, self.engine)
+        sender.expand_map = functools.partial(mapping.expand, self)
         self._sender = sender
         self._runtime = Runtime(store, self.engine, sender, self.config)
         self._notifier = Notifier(store, self.config.redis_outage_seconds)
@@ -445,6 +454,8 @@ class Mageflow:
         error_callbacks: Sequence[Any] | None = None,
         config: SwarmConfig | None = None,
         is_swarm_closed: bool = False,
+        item_success_callbacks: Sequence[Any] | None = None,
+        item_error_callbacks: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> SwarmSignature:
         """Store a swarm: ``tasks`` run in parallel within ``config``'s limits.
@@ -452,17 +463,21 @@ class Mageflow:
         Every member gets the run's message plus the swarm's ``kwargs`` and its own bound kwargs.
         The swarm completes once it is closed (``is_swarm_closed=True`` or ``close_swarm()``) and
         every member has finished; its result is the list of member results in the order added.
+        ``item_success_callbacks`` / ``item_error_callbacks``: each member gets its own copy of
+        each, fired with that member's result (or message and error), once per member.
         """
         await self.ensure_started()
         await self._refresh_for(tasks or [])
+        callbacks = Callbacks.of(
+            success_callbacks, error_callbacks, item_success_callbacks, item_error_callbacks
+        )
         return await durable(
             self,
             lambda: create_swarm(
                 self,
                 list(tasks or []),
                 name=task_name,
-                success_callbacks=list(success_callbacks or []),
-                error_callbacks=list(error_callbacks or []),
+                callbacks=callbacks,
                 config=config or SwarmConfig(),
                 closed=is_swarm_closed,
                 kwargs=kwargs,
@@ -470,6 +485,44 @@ class Mageflow:
         )
 
     aswarm = swarm
+
+    async def map(
+        self,
+        task: Any,
+        *,
+        config: SwarmConfig | None = None,
+        success_callbacks: Sequence[Any] | None = None,
+        error_callbacks: Sequence[Any] | None = None,
+        item_success_callbacks: Sequence[Any] | None = None,
+        item_error_callbacks: Sequence[Any] | None = None,
+        items_field: str = "items",
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> SwarmSignature:
+        """Store a map: when it runs, one copy of ``task`` per item of a list, in parallel
+        within ``config``'s limits. The list is the previous step's result in a chain, else the
+        message's ``items_field``. Each copy gets its item in its ReturnValue field (else
+        ``results``) plus the map's ``kwargs``; the map's result is the item results in input
+        order. ``task``: a task, its name, a signature or a chain (copied per item)."""
+        await self.ensure_started()
+        await self._refresh_for([task])
+        callbacks = Callbacks.of(
+            success_callbacks, error_callbacks, item_success_callbacks, item_error_callbacks
+        )
+        return await durable(
+            self,
+            lambda: create_map(
+                self,
+                task,
+                name=name,
+                callbacks=callbacks,
+                config=config or SwarmConfig(),
+                items_field=_field_name(items_field),
+                kwargs=kwargs,
+            ),
+        )
+
+    amap = map
 
     async def _refresh_for(self, refs: Sequence[Any]) -> None:
         names = [r for r in refs if isinstance(r, str)]
@@ -503,6 +556,12 @@ def _task_name(name: Any) -> str:
             name,
             "must not be empty; pass a name, or leave name out to use the function's name",
         )
+    return name
+
+
+def _field_name(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError("items_field", "the name of a message field", name)
     return name
 
 

@@ -117,19 +117,14 @@ class Plan:
             raise InvalidTransitionError(sig.key, answer.detail[0], "attach")
 
 
-async def copy_tree(
-    client: Workspace, old_root: str, new_root: str, parent: str, owner: str, *, move: bool
-) -> None:
-    """Write the subtree under ``old_root`` again at ``new_root``'s workflow.
-
-    ``move`` keeps descendants' ids (and deletes the old keys); otherwise it makes an independent
-    copy with new ids, used when a signature already belongs to another parent.
-    """
-    wf = K.workflow_of(new_root)
-    mapping = {old_root: new_root}
+async def read_subtree(
+    client: Workspace, root: str
+) -> tuple[dict[str, Record], dict[str, list[str]]]:
+    """Every record under ``root`` (callbacks, steps, members, theirs ...) by key, read a level
+    at a time, and each swarm's member keys. SignatureNotFoundError for one that is gone."""
     records: dict[str, Record] = {}
     members: dict[str, list[str]] = {}
-    frontier = [old_root]
+    frontier = [root]
     while frontier:
         batch, frontier = frontier, []
         for key, rec in zip(batch, await client.store.load_many(batch), strict=True):
@@ -141,13 +136,24 @@ async def copy_tree(
             if rec.kind == Kind.SWARM:
                 members[key] = await client.store.member_keys(key)
                 children += members[key]
-            for child in children:
-                if child in mapping:
-                    continue
-                mapping[child] = (
-                    K.rekey(child, wf) if move else client.keys.signature(wf, K.new_id())
-                )
-                frontier.append(child)
+            frontier += [c for c in children if c not in records and c not in frontier]
+    return records, members
+
+
+async def copy_tree(
+    client: Workspace, old_root: str, new_root: str, parent: str, owner: str, *, move: bool
+) -> None:
+    """Write the subtree under ``old_root`` again at ``new_root``'s workflow.
+
+    ``move`` keeps descendants' ids (and deletes the old keys); otherwise it makes an independent
+    copy with new ids, used when a signature already belongs to another parent.
+    """
+    wf = K.workflow_of(new_root)
+    records, members = await read_subtree(client, old_root)
+    mapping = {
+        old: K.rekey(old, wf) if move else client.keys.signature(wf, K.new_id()) for old in records
+    }
+    mapping[old_root] = new_root
     out = []
     for old, rec in records.items():
         fields = _rewrite(rec, mapping, fresh=not move)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mageflow.compose import Plan, check_callbacks, new_fields
@@ -21,6 +22,7 @@ from mageflow.errors import (
     SwarmClosedError,
     SwarmFullError,
 )
+from mageflow.mapping import attach_item_callbacks
 from mageflow.models.message import TaskError
 from mageflow.signature import Message, Signature
 from mageflow.store import keys as K
@@ -74,6 +76,8 @@ class SwarmSignature(Signature):
     ) -> list[Signature]:
         """Add members (signatures, decorated tasks or names); ``kwargs`` are bound to each new
         member. A running swarm starts them as slots free up; returns their signatures."""
+        if self._record.get(Field.TEMPLATE):
+            raise InvalidTransitionError(self.key, self.status.value, "add tasks to a map")
         plan = Plan(self.client, K.workflow_of(self.key))
         member_keys = [plan.child(t, self.key, self.key) for t in tasks]
         if kwargs:
@@ -83,6 +87,7 @@ class SwarmSignature(Signature):
         if kwargs:
             for _sig, new_key, _p, _o in plan.moves:
                 await self.client.store.update_kwargs(new_key, kwarg_fields(kwargs))
+        await attach_item_callbacks(self.client, self._record, member_keys)
         answer = await self.client.store.swarm_add(self.key, member_keys, close)
         if answer.verdict is not Verdict.OK:
             await self.client.store.write_raw([], {r.key: "" for r in plan.records})
@@ -206,13 +211,47 @@ async def create_chain(
     return ChainSignature(client, Record(key, fields))
 
 
+@dataclass(frozen=True, slots=True)
+class Callbacks:
+    """A container's callbacks, and the per-member ones copied for each of its members."""
+
+    success: Sequence[Any] = ()
+    error: Sequence[Any] = ()
+    item_success: Sequence[Any] = ()
+    item_error: Sequence[Any] = ()
+
+    @classmethod
+    def of(cls, *lists: Sequence[Any] | None) -> Callbacks:
+        """From the optional lists the API takes, in the order of the fields."""
+        return cls(*(list(x or []) for x in lists))
+
+    def fields(self, plan: Plan, key: str) -> dict[Field, str]:
+        check_callbacks(plan.client, self.item_success)
+        return {
+            **_callbacks(plan, key, self.success, self.error),
+            # Templates only: never fired themselves, so nothing waits on them (see mapping.py).
+            Field.ITEM_SUCCESS: _key_list([plan.child(cb, "", key) for cb in self.item_success]),
+            Field.ITEM_ERRORS: _key_list([plan.child(cb, "", key) for cb in self.item_error]),
+        }
+
+
+def _swarm_fields(name: str, config: SwarmConfig, closed: bool, total: int) -> dict[Field, str]:
+    return {
+        Field.NAME: name,
+        Field.MAX_CONCURRENCY: str(config.max_concurrency),
+        Field.FAIL_LIMIT: str(config.stop_after_n_failures or ""),
+        Field.MAX_TASKS: str(config.max_task_allowed or ""),
+        Field.CLOSED: "1" if closed else "",
+        Field.TOTAL: str(total),
+    }
+
+
 async def create_swarm(
     client: Workspace,
     tasks: Sequence[Any],
     *,
     name: str | None,
-    success_callbacks: Sequence[Any],
-    error_callbacks: Sequence[Any],
+    callbacks: Callbacks,
     config: SwarmConfig,
     closed: bool,
     kwargs: dict[str, Any],
@@ -222,20 +261,34 @@ async def create_swarm(
         raise SwarmFullError(key, config.max_task_allowed)
     plan = Plan(client, K.workflow_of(key))
     member_keys = [plan.child(t, key, key) for t in tasks]
-    fields = new_fields(
-        Kind.SWARM,
-        "",
-        kwargs,
-        {
-            Field.NAME: name or "swarm",
-            Field.MAX_CONCURRENCY: str(config.max_concurrency),
-            Field.FAIL_LIMIT: str(config.stop_after_n_failures or ""),
-            Field.MAX_TASKS: str(config.max_task_allowed or ""),
-            Field.CLOSED: "1" if closed else "",
-            Field.TOTAL: str(len(member_keys)),
-        },
-        _callbacks(plan, key, success_callbacks, error_callbacks),
-    )
+    swarm = _swarm_fields(name or "swarm", config, closed, len(member_keys))
+    fields = new_fields(Kind.SWARM, "", kwargs, swarm, callbacks.fields(plan, key))
     plan.records.insert(0, NewRecord(key, fields, member_keys))
+    await plan.commit()
+    record = Record(key, fields)
+    await attach_item_callbacks(client, record, member_keys)
+    return SwarmSignature(client, record)
+
+
+async def create_map(
+    client: Workspace,
+    task: Any,
+    *,
+    name: str | None,
+    callbacks: Callbacks,
+    config: SwarmConfig,
+    items_field: str,
+    kwargs: dict[str, Any],
+) -> SwarmSignature:
+    """A map: a swarm whose members are copies of ``task``, one per item of the list it gets
+    when it runs (see mapping.py). ``task``: a task, its name, a signature or a chain."""
+    check_callbacks(client, [task])  # each copy gets its item as a return value
+    key = client.keys.new_signature()
+    plan = Plan(client, K.workflow_of(key))
+    template = plan.child(task, key, key)
+    mapped = {Field.TEMPLATE: json.dumps([template]), Field.ITEMS_FIELD: items_field}
+    swarm = _swarm_fields(name or "map", config, False, 0)
+    fields = new_fields(Kind.SWARM, "", kwargs, swarm, mapped, callbacks.fields(plan, key))
+    plan.records.insert(0, NewRecord(key, fields))
     await plan.commit()
     return SwarmSignature(client, Record(key, fields))

@@ -1,4 +1,4 @@
-"""A short tour of mageflow, run by ``mageflow demo``: callbacks, a chain and a swarm.
+"""A short tour of mageflow, run by ``mageflow demo``: callbacks, a chain, a swarm and a map.
 
 Everything runs on the in-process engine against real Redis, in a throw-away key namespace that
 is deleted at the end, so running the demo again and again leaves nothing behind.
@@ -68,6 +68,21 @@ class SwarmTotals(BaseModel):
     values: Annotated[list[int], ReturnValue()]
 
 
+CITIES = {"Oslo": 4, "Cairo": 31, "Lima": 19, "Delhi": 35}
+
+
+class City(BaseModel):
+    city: Annotated[str, ReturnValue()]  # a map hands each copy its item here
+
+
+class Reading(BaseModel):
+    reading: Annotated[dict[str, Any], ReturnValue()]
+
+
+class Readings(BaseModel):
+    readings: Annotated[list[dict[str, Any]], ReturnValue()]
+
+
 @dataclass
 class DemoReport:
     """What the demo observed, for tests and for anyone driving ``run_demo`` from code."""
@@ -83,6 +98,8 @@ class DemoReport:
     swarm_results: list[Any] = field(default_factory=list)
     swarm_callback_received: list[list[int]] = field(default_factory=list)
     swarm_elapsed: float = 0.0
+    map_result: Any = None
+    map_readings: list[dict[str, Any]] = field(default_factory=list)  # per-item callback got
     keys_left: int = -1  # keys of the demo namespace still in Redis after clean-up
 
 
@@ -126,6 +143,26 @@ def _register(mf: Mageflow, report: DemoReport) -> None:
     async def add_up(msg: SwarmTotals) -> int:
         report.swarm_callback_received.append(msg.values)
         return sum(msg.values)
+
+    _register_map(mf, report)
+
+
+def _register_map(mf: Mageflow, report: DemoReport) -> None:
+    @mf.task(name="list-cities")
+    async def list_cities(msg: dict[str, Any]) -> list[str]:
+        return list(CITIES)
+
+    @mf.task(name="read-temperature")
+    async def read_temperature(msg: City) -> dict[str, Any]:
+        return {"city": msg.city, "celsius": CITIES[msg.city]}
+
+    @mf.task(name="log-reading")
+    async def log_reading(msg: Reading) -> None:
+        report.map_readings.append(msg.reading)
+
+    @mf.task(name="hottest")
+    async def hottest(msg: Readings) -> str:
+        return str(max(msg.readings, key=lambda r: r["celsius"])["city"])
 
 
 async def _join(mf: Mageflow) -> None:
@@ -237,6 +274,23 @@ async def demo_swarm(mf: Mageflow, report: DemoReport, console: Console, n_tasks
     console.print(summary)
 
 
+async def demo_map(mf: Mageflow, report: DemoReport, console: Console) -> None:
+    console.rule("[bold]4. A map over a result: list-cities -> map(read-temperature) -> hottest")
+    readings = await mf.map(
+        "read-temperature",
+        config=SwarmConfig(max_concurrency=2),
+        item_success_callbacks=[await mf.sign("log-reading")],
+    )
+    flow = await mf.chain(["list-cities", readings, "hottest"])
+    report.map_result = await flow.aio_run({})
+    await _join(mf)
+    table = Table("city", "celsius (per-item callback log-reading got)")
+    for reading in report.map_readings:
+        table.add_row(escape(str(reading["city"])), str(reading["celsius"]))
+    console.print(table)
+    console.print(f"hottest: [bold green]{escape(str(report.map_result))}[/]")
+
+
 async def _delete_namespace(mf: Mageflow) -> int:
     """Delete every key of the client's namespace; return how many are left (0 expected)."""
     redis = mf.store.redis
@@ -279,6 +333,7 @@ async def run_demo(
         await demo_callbacks(mf, report, console)
         await demo_chain(mf, report, console)
         await demo_swarm(mf, report, console, n_tasks)
+        await demo_map(mf, report, console)
     finally:
         await _join(mf)
         report.keys_left = await _delete_namespace(mf)

@@ -264,6 +264,8 @@ def _node(key: str, nodes: dict[str, _Read], traceback: bool, seen: set[str]) ->
     _outcome(node, f, traceback)
     if node["kind"] == Kind.SWARM:
         node["swarm"] = _swarm_counts(read)
+        if f.get(Field.TEMPLATE):  # a map: its members are made from the template when it runs
+            node["map"] = {"items_field": f.get(Field.ITEMS_FIELD) or "items"}
     children = read.members if node["kind"] == Kind.SWARM else _keys(f, Field.STEPS)
     if node["kind"] == Kind.CHAIN:
         node["current_step"] = int(f.get(Field.CURRENT) or 0)

@@ -24,15 +24,17 @@ from typing import Any
 
 from mageflow.engines.base import Engine
 from mageflow.envelope import Envelope
-from mageflow.errors import DispatchError, UnknownTaskError
-from mageflow.store.records import dumps
+from mageflow.errors import ConfigurationError, DispatchError, UnknownTaskError
+from mageflow.store.records import Record, dumps
 from mageflow.store.redis_store import Store
-from mageflow.store.schema import Action, ActionKind, Field, Kind, Verdict
+from mageflow.store.schema import Action, ActionKind, Field, Kind, SignatureStatus, Verdict
 
 log = logging.getLogger("mageflow.sender")
 
 #: Where a container launched as an error callback carries the error to the tasks inside it.
 ERROR_KEY = "$mageflow_error"
+#: (map record, its start envelope) -> (member keys, their message, '' or an error JSON).
+MapExpander = Callable[[Record, Envelope], Awaitable[tuple[list[str], str, str]]]
 #: Pauses between the retries of a failed send; after the last, recovery takes over.
 RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -48,6 +50,9 @@ class Sender:
         #: Called with every DELIVER action (a task or a container about to start) before it
         #: goes out: how mageflow.testing records what a workflow dispatched, on any engine.
         self.watchers: list[Callable[[Action], Awaitable[None]]] = []
+        #: Writes a map's members when it starts (mageflow.mapping.expand, set by the client:
+        #: copying signatures is the signature layer's, above this one).
+        self.expand_map: MapExpander | None = None
 
     async def send(self, actions: Sequence[Action], *, raise_errors: bool = False) -> None:
         """Send every action; failed ones are retried in the background. With ``raise_errors``
@@ -114,6 +119,9 @@ class Sender:
     async def start_container(self, key: str, envelope: Envelope) -> None:
         """Deliver a chain's or swarm's message: its input merged with its bound kwargs."""
         record = await self.store.load(key)
+        if record.get(Field.TEMPLATE) and record.status == SignatureStatus.PENDING:
+            await self._start_map(record, envelope)
+            return
         message: dict[str, Any] = {**envelope.input, **record.kwargs()}
         if envelope.error is not None:  # a container as error callback: its steps get the error
             message[ERROR_KEY] = envelope.error
@@ -124,6 +132,20 @@ class Sender:
             await self.send(answer.actions(), raise_errors=True)
         else:
             log.debug("container %s not started: %s %s", key, answer.verdict, answer.detail[0])
+
+    async def _start_map(self, record: Record, envelope: Envelope) -> None:
+        """Write one member per item, then claim and start the map in one script; a process
+        that lost the claim to another deletes its copies."""
+        if self.expand_map is None:
+            raise ConfigurationError("this sender cannot start a map (no client set it up)")
+        members, message, error = await self.expand_map(record, envelope)
+        answer = await self.store.map_start(record.key, message, error, members)
+        if answer.verdict is Verdict.OK:
+            log.debug("started map %s with %d member(s)", record.key, len(members))
+            await self.send(answer.actions(), raise_errors=True)
+            return
+        await self.store.write_raw([], dict.fromkeys(members, ""))
+        log.debug("map %s not started: %s %s", record.key, answer.verdict, answer.detail[0])
 
     def _retry_later(self, action: Action) -> None:
         task = asyncio.get_running_loop().create_task(self._retry(action))

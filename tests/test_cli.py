@@ -49,10 +49,13 @@ async def test_run_demo_reports_what_ran(redis_url: str, sync_redis: redis.Redis
     assert report.swarm_callback_received == [squares]
     assert report.swarm_elapsed > 0
 
+    assert report.map_result == "Delhi"
+    assert sorted(r["city"] for r in report.map_readings) == ["Cairo", "Delhi", "Lima", "Oslo"]
+
     assert report.keys_left == 0
     assert list(sync_redis.scan_iter(f"{report.namespace}:*", count=1000)) == []
     text = out.getvalue()
-    for line in ("1. Signatures with callbacks", "chain result", "30/30", "0 keys left"):
+    for line in ("1. Signatures with callbacks", "chain result", "30/30", "hottest", "0 keys left"):
         assert line in text
 
 

@@ -31,6 +31,7 @@ PAGES = {
     "swarms.md": 2,
     "lifecycle.md": 2,
     "architecture.md": 0,
+    "map.md": 3,
 }
 EXAMPLE_TIMEOUT = 60.0
 

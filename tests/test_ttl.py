@@ -208,10 +208,23 @@ async def durable_retry(mf: Mageflow, log: Log) -> None:
     assert await (await mf.sign("parent")).aio_run() == "child"
 
 
+async def map_with_item_callbacks(mf: Mageflow, log: Log) -> None:
+    """A map's template and per-member callback templates never run: they expire with it."""
+    mapped = await mf.map(
+        "work",
+        item_success_callbacks=[await mf.sign("on_ok", tag="item-ok")],
+        item_error_callbacks=[await mf.sign("on_err", tag="item-err")],
+        **await callbacks(mf, "map"),
+    )
+    assert await mapped.aio_run({"items": ["a", "b"]}) == ["", ""]  # work returns its name
+    await until(lambda: log.fired.count("item-ok") == 2 and "map-ok" in log.fired)
+
+
 SCENARIOS = [
     task_ok, task_fails, chain_ok, chain_fails, swarm_with_failure, swarm_aborted,
     steps_with_own_callbacks, nested, canceled, suspended_then_resumed, durable_retry,
     step_paused_after_its_chain_failed,
+    map_with_item_callbacks,
 ]  # fmt: skip
 
 

@@ -315,6 +315,10 @@ class Store:
     async def start_container(self, key: str, message: str, ret: str) -> Answer:
         return await self._run("start_container", [key], [message, ret])
 
+    async def map_start(self, key: str, message: str, error: str, member_keys: list[str]) -> Answer:
+        """Start a map whose members (one per item) were just written; ``error`` fails it."""
+        return await self._run("map_start", [key], [message, error, *member_keys])
+
     async def swarm_add(self, key: str, member_keys: list[str], close: bool) -> Answer:
         return await self._run("swarm_add", [key], ["1" if close else "", *member_keys])
 

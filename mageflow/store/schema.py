@@ -67,6 +67,11 @@ class Field(StrEnum):
     PARENT = "parent"  # plan: the chain or swarm this signature is a step or member of
     OWNER = "own"  # plan: the signature this is a callback of (a step's or member's: its parent)
     CREATED = "ts_c"  # plan: creation time (ms); a copy gets its own
+    TEMPLATE = "tpl"  # plan: a map's template, JSON list of one key: copied once per item
+    ITEMS_FIELD = "itf"  # plan: the message field a map run on its own takes its items from
+    ITEM_SUCCESS = "iok"  # plan: JSON list of per-member success callback templates
+    ITEM_ERRORS = "ierr"  # plan: JSON list of per-member error callback templates
+    ITEM = "item"  # plan: a map member's item, JSON: delivered as its return value
     # -- run: what happened ---------------------------------------------------------------------
     STATUS = "st"  # run: a SignatureStatus
     PREVIOUS = "prev"  # run: the status before a pause
@@ -111,6 +116,11 @@ PLAN = frozenset(
         Field.PARENT,
         Field.OWNER,
         Field.CREATED,
+        Field.TEMPLATE,
+        Field.ITEMS_FIELD,
+        Field.ITEM_SUCCESS,
+        Field.ITEM_ERRORS,
+        Field.ITEM,
     }
 )
 

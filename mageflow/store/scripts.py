@@ -22,6 +22,7 @@ SCRIPT_NAMES = (
     "finish",
     "launch",
     "start_container",
+    "map_start",
     "swarm_add",
     "swarm_close",
     "adopt",

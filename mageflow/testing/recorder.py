@@ -11,6 +11,7 @@ what a task would have dispatched after it never happens.
 
 from __future__ import annotations
 
+import bisect
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -76,6 +77,7 @@ class TestRun:
     _restore: Callable[[], None] | None = None
     _seen: set[str] = field(default_factory=set)
     _started: bool = False
+    _order: list[int] = field(default_factory=list)  # the send order of each dispatch
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -108,6 +110,9 @@ class TestRun:
         if ident in self._seen:  # recovery sent the same message again
             return
         self._seen.add(ident)
+        # The sender calls watchers in send order, but actions of one transition go out
+        # concurrently: take the place now, before reading the record lets another overtake.
+        place = len(self._seen)
         record = await self.client.store.load(action.key)
         envelope = Envelope.from_json(action.payload, action.key)
         if action.target is Kind.TASK:
@@ -122,7 +127,9 @@ class TestRun:
             name = record.get(Field.NAME) or record.kind
             message = {**envelope.input, **record.kwargs()}
             dispatch = Dispatch(name, record.kind, action.key, message, children)
-        self.dispatches.append(dispatch)
+        at = bisect.bisect(self._order, place)
+        self._order.insert(at, place)
+        self.dispatches.insert(at, dispatch)
 
     def _message(self, task: str, envelope: Envelope, record: Record) -> dict[str, Any]:
         definition = self.client.tasks.get(task)
@@ -146,6 +153,7 @@ class TestRun:
     def clear(self) -> None:
         """Forget the dispatches recorded so far."""
         self.dispatches.clear()
+        self._order.clear()
 
     def task_dispatches(self, name: str) -> list[Dispatch]:
         """The recorded dispatches of task ``name``, in order."""

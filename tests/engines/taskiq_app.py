@@ -141,3 +141,20 @@ async def fail_when(msg: FailWhen) -> None:
             raise RuntimeError(f"{msg.tag} started; failing")
         await asyncio.sleep(0.05)
     raise TimeoutError(f"{msg.tag} never started")
+
+
+class MapItem(BaseModel):
+    value: ReturnValue[int]
+    sleep: float = 0.0
+
+
+@mf.task(name="square_item")
+async def square_item(msg: MapItem) -> int:
+    await record("square_item", msg.value)
+    await asyncio.sleep(msg.sleep)
+    return msg.value * msg.value
+
+
+@mf.task(name="item_done")
+async def item_done(msg: Ok) -> None:
+    await record("item_done", msg.value, value={"value": msg.value, "pid": PID})

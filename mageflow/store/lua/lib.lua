@@ -154,7 +154,12 @@ local function publish_done(key, outcome)
   if ns then redis.call('PUBLISH', ns .. SEG.DONE .. '{' .. wf .. '}', key .. ' ' .. outcome) end
 end
 
-local TREE_FIELDS = {F.STATUS, F.KIND, F.CACHE, F.SUCCESS, F.ERRORS, F.STEPS, F.WAITED}
+local TREE_FIELDS = {F.STATUS, F.KIND, F.CACHE, F.SUCCESS, F.ERRORS, F.STEPS, F.WAITED,
+  F.TEMPLATE, F.ITEM_SUCCESS, F.ITEM_ERRORS}
+-- The TREE_FIELDS that list signatures hanging off a record besides its children: callbacks, and
+-- a container's templates (a map's task, per-member callbacks), which never run but live as
+-- long as the container that copies them.
+local HANGING = {4, 5, 8, 9, 10}
 -- Records a script already read with TREE_FIELDS in front (swarm_results), so a swarm that
 -- completes reads each member once for its result and its TTL.
 local seen = {}
@@ -167,7 +172,7 @@ local function expire_tree(key, depth, phase)
   if phase == ENDED and f[7] and not TERMINAL[f[1] or ST.DONE] then publish_done(key, NOTICE.NEVER) end
   local kind = f[2] or KIND.TASK
   set_ttl(key, phase, kind, f[3])
-  for i = 4, 5 do
+  for _, i in ipairs(HANGING) do
     for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, depth + 1, phase) end
   end
   if kind ~= KIND.TASK then
@@ -179,7 +184,7 @@ end
 -- save_counts writes the counters back in one command.
 local CONTAINER_FIELDS = {F.STATUS, F.KIND, F.PARENT, F.CURRENT, F.RUNNING, F.N_DONE, F.N_FAILED,
   F.N_CANCELED, F.TOTAL, F.CLOSED, F.MAX_CONCURRENCY, F.FAIL_LIMIT, F.MEMBER_INPUT, F.MEMBER_RET,
-  F.TOUCHED, F.CREATED}
+  F.TOUCHED, F.CREATED, F.TEMPLATE}
 local function load_container(key)
   local c = redis.call('HMGET', key, unpack(CONTAINER_FIELDS))
   return {key = key, st = c[1], kind = c[2], parent = c[3], cur = tonumber(c[4] or '0'),
@@ -188,7 +193,9 @@ local function load_container(key)
           total = tonumber(c[9] or '0'), closed = c[10] == '1', maxc = tonumber(c[11] or '1'),
           limit = tonumber(c[12] or ''), mi = c[13] or '', mr = c[14] or '',
           -- Never touched: everything under it got its TTL when it was written, at creation.
-          touched = tonumber(c[15] or c[16] or '0')}
+          touched = tonumber(c[15] or c[16] or '0'),
+          -- A map: each member gets its own item as its return value.
+          map = (c[17] or '') ~= ''}
 end
 
 local function save_counts(c)
@@ -208,8 +215,9 @@ local function touch_container(c)
   redis.call('HSET', c.key, F.TOUCHED, now)
   expire(c.key, LIVE)
   keep_index(WORKFLOWS)  -- a long workflow keeps its index entry listed while it progresses
-  local f = redis.call('HMGET', c.key, F.SUCCESS, F.ERRORS)
-  for i = 1, 2 do
+  local f = redis.call('HMGET', c.key, F.SUCCESS, F.ERRORS, F.TEMPLATE, F.ITEM_SUCCESS,
+    F.ITEM_ERRORS)
+  for i = 1, 5 do
     for _, cb in ipairs(decode_list(f[i])) do expire_tree(cb, 0, LIVE) end
   end
   for _, child in ipairs(children(c.key, nil, c.kind)) do expire_tree(child, 1, LIVE) end
@@ -321,21 +329,31 @@ local function finalize(key, outcome, value, msg, f)
   if not (p and p.st and not TERMINAL[p.st]) then
     set_ttl(key, ENDED, f[5] or KIND.TASK, f[6])
     for _, child in ipairs(children(key, nil, f[5] or KIND.TASK)) do expire_tree(child, 1, ENDED) end
+    if f[5] == KIND.SWARM then  -- a swarm's or map's templates (see TREE_FIELDS) end with it
+      local t = redis.call('HMGET', key, F.TEMPLATE, F.ITEM_SUCCESS, F.ITEM_ERRORS)
+      for i = 1, 3 do
+        for _, tpl in ipairs(decode_list(t[i])) do expire_tree(tpl, 1, ENDED) end
+      end
+    end
   end
   if not p and (f[8] or '') == '' then retire_workflow(key, f[5] or KIND.TASK, f[9]) end
   return p
 end
 
+-- TREE_FIELDS, then the outcome: a finished swarm reads each member once for both.
+local RESULT_FIELDS = {unpack(TREE_FIELDS)}
+RESULT_FIELDS[#RESULT_FIELDS + 1] = F.RESULT
+RESULT_FIELDS[#RESULT_FIELDS + 1] = F.ERROR
 local function swarm_results(swarm)
   local parts = {}
+  local res, err = #TREE_FIELDS + 1, #TREE_FIELDS + 2
   for i, m in ipairs(redis.call('LRANGE', swarm .. SUB.MEMBERS, 0, -1)) do
-    local r = redis.call('HMGET', m, F.STATUS, F.KIND, F.CACHE, F.SUCCESS, F.ERRORS, F.STEPS,
-      F.WAITED, F.RESULT, F.ERROR)
+    local r = redis.call('HMGET', m, unpack(RESULT_FIELDS))
     seen[m] = r
     if r[1] == ST.DONE then
-      parts[i] = r[8] or 'null'
+      parts[i] = r[res] or 'null'
     else
-      parts[i] = '{"' .. FAILED_MARK .. '":' .. (r[9] or ('{"type":"' .. (r[1] or V.MISSING) ..
+      parts[i] = '{"' .. FAILED_MARK .. '":' .. (r[err] or ('{"type":"' .. (r[1] or V.MISSING) ..
         '","message":"task did not finish","key":"' .. m .. '"}')) .. '}'
     end
   end
@@ -348,7 +366,8 @@ local function swarm_fill(c)
     local nxt = redis.call('LPOP', c.key .. SUB.QUEUE)
     if not nxt then break end
     c.running = c.running + 1
-    deliver(nxt, envelope(nxt, c.mi, c.mr, ''))
+    local ret = c.map and (redis.call('HGET', nxt, F.ITEM) or 'null') or c.mr
+    deliver(nxt, envelope(nxt, c.mi, ret, ''))
   end
 end
 
@@ -457,6 +476,18 @@ local function complete(key, outcome, value, msg, f)
       return
     end
   end
+end
+
+-- A container's start message arrived (start_container.lua, map_start.lua): the claim. Only a
+-- pending container starts; its outbox entry is done with. The refusal answer, or nil.
+local function claim_container(key)
+  local refused = guard()
+  if refused then return refused end
+  local f = redis.call('HMGET', key, F.STATUS, F.OUTBOX_ENTRY)
+  if not f[1] then return answer(V.MISSING) end
+  if f[1] ~= ST.PENDING then return answer(V.STATUS, f[1]) end
+  if f[2] then redis.call('ZREM', OUTBOX, outbox_entry(key, f[2])) end
+  return nil
 end
 
 -- A chain launches its first step; a swarm fills its slots from the queue.
