@@ -47,6 +47,7 @@ from mageflow.errors import (
     UnknownTaskError,
 )
 from mageflow.models.message import ContextMessage, ErrorValue, ReturnValue, TaskError
+from mageflow.scheduling import RateLimit
 from mageflow.scopes import abounded_field
 from mageflow.signature import Signature, TaskSignature
 from mageflow.status import SignatureStatus
@@ -74,6 +75,7 @@ __all__ = [
     "NonRetryableError",
     "NotARecordError",
     "PoisonMessageError",
+    "RateLimit",
     "RedisUnavailableError",
     "ReturnValue",
     "SerializationError",

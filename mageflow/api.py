@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -20,6 +21,7 @@ async def sign(
     success_callbacks: Sequence[Any] | None = None,
     error_callbacks: Sequence[Any] | None = None,
     model_validators: type[BaseModel] | None = None,
+    delay: float | timedelta | None = None,
     **kwargs: Any,
 ) -> Signature:
     """Store a signature for ``task`` (a registered name or a decorated task); see Mageflow.sign."""
@@ -28,6 +30,7 @@ async def sign(
         success_callbacks=success_callbacks,
         error_callbacks=error_callbacks,
         model_validators=model_validators,
+        delay=delay,
         **kwargs,
     )
 

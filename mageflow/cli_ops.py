@@ -152,6 +152,8 @@ def node_label(node: dict[str, Any]) -> Text:
     label.append(f"  {node['key']}", style="dim")
     if node.get("attempt"):
         label.append(f"  attempt {node['attempt']}")
+    if node.get("due_at"):  # it waits for a delay or a rate limit (docs/scheduling.md)
+        label.append(f"  due {node['due_at']}", style="yellow")
     if "result" in node:
         label.append(f"  → {short(node['result'])}", style="green")
     error = node.get("error")

@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import timedelta
 from typing import Any, overload
 
 import redis.asyncio as aioredis
@@ -35,6 +36,7 @@ from mageflow.errors import (
 )
 from mageflow.recovery import Keeper, Presence
 from mageflow.runtime import Runtime
+from mageflow.scheduling import checked_delay, longest_wait, rate_limit_of
 from mageflow.scopes import Batch, abounded_field, durable
 from mageflow.sender import Sender
 from mageflow.signature import Signature, TaskSignature
@@ -108,8 +110,9 @@ class Mageflow:
 
         Options: ``input_validator`` (pydantic model; default: the first parameter's annotation),
         ``retries``, ``timeout`` (seconds per attempt), ``with_context`` (pass the engine's context
-        as the second argument; default: when the function takes two parameters). Other options go
-        to the engine.
+        as the second argument; default: when the function takes two parameters), ``rate_limit``
+        (``"100/s"``, ``"10/m"``, ``"1000/h"`` or a :class:`~mageflow.RateLimit`; see
+        docs/scheduling.md). Other options go to the engine.
         """
         if callable(name):
             return self._register(name, None, options)
@@ -134,6 +137,7 @@ class Mageflow:
             timeout=_seconds(timeout),
             with_context=wants_context(fn) if with_context is None else bool(with_context),
             durable=bool(opts.pop("durable", False)),
+            rate_limit=rate_limit_of(opts.pop("rate_limit", None)),
             options=opts,
         )
         if definition.name in self._tasks:
@@ -249,6 +253,8 @@ class Mageflow:
         """Wait for in-flight in-process work, then release connections."""
         if self._store is None:
             return
+        if self._keeper is not None:  # what waits for a due time waits for the next client
+            await self._keeper.scheduler.stop()
         await self.engine.stop()
         if self._keeper is not None:
             await self._keeper.stop()
@@ -371,9 +377,12 @@ class Mageflow:
         success_callbacks: Sequence[Any] | None = None,
         error_callbacks: Sequence[Any] | None = None,
         model_validators: type[BaseModel] | None = None,
+        delay: float | timedelta | None = None,
         **kwargs: Any,
     ) -> Signature:
-        """Store a signature: ``task`` plus bound ``kwargs`` and callbacks (signatures too)."""
+        """Store a signature: ``task`` plus bound ``kwargs`` and callbacks (signatures too).
+        ``delay`` (seconds or a timedelta): its message waits that long once it is queued."""
+        delay_ms = checked_delay(delay, longest_wait(self.config.ttl, "task"))
         await self.ensure_started()
         await self._refresh_for([task])
         return await durable(
@@ -385,6 +394,7 @@ class Mageflow:
                 error_callbacks=error_callbacks,
                 model_validators=model_validators,
                 kwargs=kwargs,
+                delay_ms=delay_ms,
             ),
         )
 

@@ -20,6 +20,7 @@ from mageflow.errors import (
     MageflowError,
     SignatureNotFoundError,
 )
+from mageflow.scheduling import signed_fields
 from mageflow.scopes import current_batch
 from mageflow.store import keys as K
 from mageflow.store.records import NewRecord, Record, kwarg_fields
@@ -75,6 +76,7 @@ class Plan:
                     definition.name,
                     {},
                     {Field.PARENT: parent, Field.OWNER: _owner(owner, parent)},
+                    signed_fields(self.client.task_meta(definition.name)),
                 ),
             )
         )
@@ -199,11 +201,16 @@ async def sign(
     error_callbacks: Sequence[Any] | None = None,
     model_validators: type[BaseModel] | None = None,
     kwargs: dict[str, Any],
+    delay_ms: int | None = None,
 ) -> Signature:
     from mageflow.signature import Signature, TaskSignature
 
     if isinstance(task, Signature):
-        return await client.duplicate(task, **kwargs)
+        copy = await client.duplicate(task, **kwargs)
+        if delay_ms is not None:  # the copy is written already (duplicates are not batched)
+            await client.store.set_fields(copy.key, {Field.DELAY: str(delay_ms)})
+            await copy.aload()
+        return copy
     definition = client.resolve_task(task)
     check_callbacks(client, success_callbacks or [])
     key = client.keys.new_signature()
@@ -219,6 +226,7 @@ async def sign(
             Field.ERRORS: json.dumps(err) if err else "",
             Field.MODEL: remember_model(model_validators) if model_validators else "",
         },
+        signed_fields(client.task_meta(definition.name), delay_ms),
     )
     plan.records.insert(0, NewRecord(key, fields))
     await plan.commit()

@@ -260,6 +260,10 @@ def _node(key: str, nodes: dict[str, _Read], traceback: bool, seen: set[str]) ->
     f = read.fields
     node = summary(key, f)
     node["attempt"] = int(f.get(Field.ATTEMPT) or 0)
+    # When a message that waits (a delay, a rate limit's slot) is due; None once it started.
+    waits = node["status"] in (SignatureStatus.PENDING, SignatureStatus.SUSPENDED)
+    waits = waits or node["status"] == SignatureStatus.INTERRUPTED
+    node["due_at"] = iso(f.get(Field.DUE)) if waits else None
     node["kwargs"] = Record(key, f).kwargs()
     _outcome(node, f, traceback)
     if node["kind"] == Kind.SWARM:

@@ -13,6 +13,9 @@ Every client (a producer, a worker, an in-process app) runs one loop, every ``pe
 
 Sending again is safe however often it happens: the claim in ``start_task.lua`` lets one
 delivery through, and every transition takes effect once.
+
+Beside the loop, every client runs a :class:`Scheduler`: it queues the messages that wait for a
+due time (delays and rate limits, docs/scheduling.md) once they are due.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from mageflow.engines.base import Engine
 from mageflow.sender import Sender
-from mageflow.store.redis_store import Store
+from mageflow.store.redis_store import Store, _s
 from mageflow.store.schema import SignatureStatus, Verdict
 
 log = logging.getLogger("mageflow.recovery")
@@ -78,14 +82,18 @@ class Keeper:
         self.period = period
         self.presence = presence
         self._loop: asyncio.Task[None] | None = None
+        #: Releases waiting messages (delays, rate limits); runs while the keeper runs.
+        self.scheduler = Scheduler(store, sender)
 
     async def start(self) -> None:
         await self.announce()
         await self.recover()
         if self._loop is None:
             self._loop = asyncio.get_running_loop().create_task(self._run(), name="mageflow-keeper")
+        await self.scheduler.start()
 
     async def stop(self) -> None:
+        await self.scheduler.stop()
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.cancel()
@@ -135,3 +143,110 @@ class Keeper:
             if len(actions) < BATCH:
                 break
         return sent
+
+
+#: The longest the scheduler sleeps without looking at the delayed index: a wake notice lost
+#: (the subscription was down) makes a release at most this late.
+MAX_SLEEP = 1.0
+#: Waiting messages one release call queues at most; more due are taken by further calls.
+RELEASE_BATCH = 200
+#: Pause before subscribing to wake notices again after the subscription failed.
+RECONNECT_PAUSE = 0.5
+
+
+class Scheduler:
+    """Queues the waiting messages (delays, rate-limit slots) once they are due; every client
+    runs one, started and stopped with its keeper.
+
+    It sleeps until the head of the namespace's delayed index is due, at most ``MAX_SLEEP``, and
+    wakes early when a wake notice (published by the script that scheduled a message) names an
+    earlier due time. Releasing is one script (release.lua) that drops each entry it takes, so
+    any number of processes releasing at once queue each message once; the sender then sends it
+    like any other follow-up (and recovery sends again what a dead process did not).
+    """
+
+    def __init__(self, store: Store, sender: Sender) -> None:
+        self.store = store
+        self.sender = sender
+        self._wake = asyncio.Event()
+        #: Redis time (ms) at which the loop looks next; an earlier due time wakes it.
+        self._look_at = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._listen(), name="mageflow-wake"),
+                loop.create_task(self._run(), name="mageflow-scheduler"),
+            ]
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            # Cleared before looking, so a notice that arrives while we look is not lost.
+            self._wake.clear()
+            try:
+                pause = await self.release()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis trouble: the messages wait on; look again soon
+                log.warning("could not release due messages (%r); trying again", exc)
+                pause = MAX_SLEEP
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), pause)
+
+    async def release(self) -> float:
+        """Queue and send every message due now; the seconds until the next one is due (at
+        most MAX_SLEEP)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            done = await self.store.release_due(RELEASE_BATCH)
+            if done.actions:
+                await self.sender.send(done.actions)
+            if not done.more:
+                break
+        wait_ms = MAX_SLEEP * 1000
+        if done.next_due_ms is not None:
+            # +1 ms: Redis counts whole ms, so waking a fraction early would find nothing due.
+            wait_ms = min(wait_ms, max(done.next_due_ms - done.now_ms + 1, 0))
+        self._look_at = done.now_ms + int(wait_ms)
+        return max(asked + wait_ms / 1000 - loop.time(), 0.0)
+
+    async def _listen(self) -> None:
+        channel = self.store.keys.wake_channel
+        while True:
+            pubsub: Any = self.store.redis.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                while True:
+                    msg = await pubsub.get_message(timeout=None)
+                    if msg is not None:
+                        self._notice(msg)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                raise
+            except Exception as exc:  # look at the index (what we missed), then subscribe again
+                log.warning("lost the wake-notice subscription (%r); reconnecting", exc)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                self._wake.set()
+                await asyncio.sleep(RECONNECT_PAUSE)
+
+    def _notice(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "subscribe":  # live from here on: anything scheduled before, look now
+            self._wake.set()
+        elif kind == "message":
+            due = _s(msg["data"])
+            if not due.isdigit() or int(due) < self._look_at:
+                self._wake.set()

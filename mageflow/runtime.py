@@ -106,6 +106,11 @@ class Runtime:
         except PoisonMessageError as exc:
             await self.dead.bury(exc, envelope.to_json(), f"{type(self.engine).__name__}")
             return RunOutcome("rejected", error=exc, reason=exc.reason)
+        if claim.verdict is Verdict.DEFERRED:
+            # Not due yet (a delay, or a rate limit's slot): the message waits in the delayed
+            # index and is sent again then. This delivery did nothing, so it is no attempt.
+            log.debug("%s (%s) waits until %s", task.name, envelope.sig, claim.detail[0])
+            return RunOutcome("deferred", reason=claim.detail[0])
         if claim.verdict is not Verdict.RUN:
             reason = claim.detail[0] if claim.verdict is Verdict.STATUS else claim.verdict.value
             log.debug("skip %s (%s): %s", task.name, envelope.sig, reason)
@@ -217,10 +222,17 @@ class Runtime:
 
     # -- starting -------------------------------------------------------------------------------
 
-    async def launch(self, key: str, envelope: Envelope) -> Verdict:
+    async def launch(
+        self,
+        key: str,
+        envelope: Envelope,
+        delay_ms: int | None = None,
+        at_ms: int | None = None,
+    ) -> Verdict:
         """Start a signature with ``envelope`` (aio_run_no_wait): queue it and send it, or park
-        it on a paused signature for resume. Returns the launch script's verdict."""
-        answer = await self.store.launch(key, envelope.to_json())
+        it on a paused signature for resume; with ``delay_ms`` or ``at_ms`` it waits in the
+        delayed index until then. Returns the launch script's verdict."""
+        answer = await self.store.launch(key, envelope.to_json(), delay_ms, at_ms)
         if answer.verdict is Verdict.OK:
             await self.sender.send(answer.actions(), raise_errors=True)
         elif answer.verdict is Verdict.PARKED:

@@ -7,6 +7,7 @@ with :meth:`Signature.aduplicate` or by signing again.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -19,6 +20,7 @@ from mageflow.errors import (
     TaskFailedError,
 )
 from mageflow.models.message import TaskError
+from mageflow.scheduling import due_args, longest_wait
 from mageflow.status import SignatureStatus
 from mageflow.store.records import Record, kwarg_fields, loads, message_dict
 from mageflow.store.schema import Control, Field, Verdict
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from mageflow.workspace import Workspace
 
 Message = BaseModel | dict[str, Any] | None
+Delay = float | timedelta | None
 
 
 class BoundKwargs(dict[str, Any]):
@@ -123,16 +126,22 @@ class Signature:
 
     # -- running --------------------------------------------------------------------------------
 
-    async def aio_run_no_wait(self, msg: Message = None) -> None:
+    async def aio_run_no_wait(
+        self, msg: Message = None, *, delay: Delay = None, at: datetime | None = None
+    ) -> None:
         """Start this signature with ``msg`` (merged with its bound kwargs) and return at once.
 
         A suspended or interrupted signature keeps the message and runs with it on resume. The
         message is queued in Redis before it is sent, so a send that fails is retried (the
-        :class:`~mageflow.errors.DispatchError` raised then says so) and nothing is lost."""
+        :class:`~mageflow.errors.DispatchError` raised then says so) and nothing is lost.
+
+        ``delay`` (seconds or a timedelta) or ``at`` (an aware datetime; a time past means now):
+        the message waits in Redis until then (see docs/scheduling.md)."""
         if self.replayed and self.status is not SignatureStatus.PENDING:
             return
         if self._launched:
             raise InvalidTransitionError(self.key, self.status.value, "run")
+        delay_ms, at_ms = due_args(delay, at, longest_wait(self.client.config.ttl, self.kind))
         envelope = Envelope(sig=self.key, input=message_dict(msg))
         from mageflow.scopes import current_batch
 
@@ -141,7 +150,7 @@ class Signature:
 
         async def send() -> None:
             envelope.sig = self.key  # the key may have moved when the batch committed
-            verdict = await self.client.runtime.launch(self.key, envelope)
+            verdict = await self.client.runtime.launch(self.key, envelope, delay_ms, at_ms)
             if verdict is Verdict.MISSING:
                 raise SignatureNotFoundError(self.key)
             if verdict is Verdict.LAUNCHED and self.replayed:
@@ -156,11 +165,19 @@ class Signature:
         else:
             await send()
 
-    async def aio_run(self, msg: Message = None, *, timeout: float | None = None) -> Any:
-        """Start this signature and wait for it; return its result or raise its error."""
+    async def aio_run(
+        self,
+        msg: Message = None,
+        *,
+        timeout: float | None = None,
+        delay: Delay = None,
+        at: datetime | None = None,
+    ) -> Any:
+        """Start this signature and wait for it; return its result or raise its error.
+        ``delay`` or ``at``: as for :meth:`aio_run_no_wait` (``timeout`` counts the wait too)."""
         await self.client.ensure_started()
         await self.client.notifier.watch(self.key)
-        await self.aio_run_no_wait(msg)
+        await self.aio_run_no_wait(msg, delay=delay, at=at)
         return await self.aresult(timeout=timeout)
 
     async def aresult(self, *, timeout: float | None = None) -> Any:

@@ -7,12 +7,14 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from mageflow.errors import ConfigurationError
 from mageflow.models.message import error_field, return_field
+from mageflow.scheduling import RateLimit, due_args, longest_wait
 from mageflow.store.records import message_dict
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ class TaskDef:
     with_context: bool = False
     durable: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    rate_limit: RateLimit | None = None
 
     def meta(self) -> dict[str, Any]:
         """What producers in other processes need to know about this task (the registry entry)."""
@@ -46,6 +49,9 @@ class TaskDef:
             "retries": self.retries,
             "timeout": self.timeout,
             "durable": self.durable,
+            # Signatures carry the limit (scheduling.signed_fields), signed here or elsewhere.
+            "rate": self.rate_limit.stored if self.rate_limit else None,
+            "rate_key": self.rate_limit.key if self.rate_limit else None,
         }
 
     def meta_json(self) -> str:
@@ -168,19 +174,34 @@ class MageflowTask:
     async def sign(self, **kwargs: Any) -> Signature:
         return await self.client.sign(self, **kwargs)
 
-    async def aio_run(self, msg: BaseModel | dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    async def aio_run(
+        self,
+        msg: BaseModel | dict[str, Any] | None = None,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run once through the engine as a fresh signature (mageflow's retries, callbacks given
-        as ``kwargs``, state in Redis) and return the result. The engine's own method of this name
-        (Hatchet's) is ``engine_task.aio_run``."""
+        as ``kwargs``, state in Redis) and return the result; ``delay`` or ``at`` make it wait
+        first (docs/scheduling.md). The engine's own method of this name (Hatchet's) is
+        ``engine_task.aio_run``."""
         data = message_dict(msg)  # a bad message is refused before a signature is stored
+        due_args(delay, at, longest_wait(self.client.config.ttl, "task"))  # likewise
         sig = await self.client.sign(self, **kwargs)
-        return await sig.aio_run(data)
+        return await sig.aio_run(data, delay=delay, at=at)
 
     async def aio_run_no_wait(
-        self, msg: BaseModel | dict[str, Any] | None = None, **kwargs: Any
+        self,
+        msg: BaseModel | dict[str, Any] | None = None,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        **kwargs: Any,
     ) -> Signature:
         """Start a fresh signature and return it without waiting (see :meth:`aio_run`)."""
         data = message_dict(msg)
+        due_args(delay, at, longest_wait(self.client.config.ttl, "task"))
         sig = await self.client.sign(self, **kwargs)
-        await sig.aio_run_no_wait(data)
+        await sig.aio_run_no_wait(data, delay=delay, at=at)
         return sig

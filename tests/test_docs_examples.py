@@ -30,6 +30,7 @@ PAGES = {
     "chains.md": 2,
     "swarms.md": 2,
     "lifecycle.md": 2,
+    "scheduling.md": 2,
     "architecture.md": 0,
     "map.md": 3,
 }

@@ -29,6 +29,7 @@ PUBLIC_API = [
     "NonRetryableError",
     "NotARecordError",
     "PoisonMessageError",
+    "RateLimit",
     "RedisUnavailableError",
     "ReturnValue",
     "SerializationError",

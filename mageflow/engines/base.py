@@ -36,8 +36,10 @@ class RunOutcome:
     """What one delivery of a task came to. The runner never raises for a task's own error.
 
     ``status`` is ``done``, ``failed`` (final: callbacks fired), ``retry`` (this attempt failed and
-    the engine should run attempt + 1), ``skipped`` (duplicate, paused or canceled: do nothing) or
-    ``rejected`` (poison: the core dead-lettered it; acknowledge it and never retry it).
+    the engine should run attempt + 1), ``skipped`` (duplicate, paused or canceled: do nothing),
+    ``rejected`` (poison: the core dead-lettered it; acknowledge it and never retry it) or
+    ``deferred`` (not due yet, by a delay or a rate limit: the core sends it again when it is;
+    acknowledge this delivery, and do not count it as an attempt).
     """
 
     status: str

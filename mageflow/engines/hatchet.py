@@ -11,7 +11,9 @@ outcome is reported back to Hatchet in its own terms:
 * ``retry``: the task's exception is raised again, so Hatchet retries it;
 * ``failed``: mageflow has recorded the failure and fired the error callbacks, so
   ``NonRetryableException`` is raised: Hatchet marks the run failed and retries no more;
-* ``skipped`` (duplicate, paused or canceled signature): the run ends quietly.
+* ``skipped`` (duplicate, paused or canceled signature): the run ends quietly;
+* ``deferred`` (not due yet: a delay or a rate limit): the run ends quietly, and mageflow
+  triggers a new run when the signature is due.
 
 Runs are triggered by task name, so a producer needs no import of the task. Each is a root Hatchet
 run (never a child of the task that dispatched it) tagged with the signature in its additional
@@ -444,6 +446,8 @@ def _report(task: TaskDef, outcome: RunOutcome) -> dict[str, Any]:
     """Turn a runner outcome into what Hatchet expects of the task function."""
     if outcome.status == "done":
         return hatchet_output(outcome.result)
+    if outcome.status == "deferred":
+        return {}  # mageflow triggers another run when it is due
     if outcome.status == "skipped":
         if outcome.reason == "busy":
             # The same attempt is held by a worker whose lease has not run out (Hatchet handed the

@@ -17,6 +17,9 @@ Layout, with the default namespace ``mageflow``::
     mageflow:workflows:ended          zset   started root signatures, ended: key -> created (ms)
     mageflow:workflows:expiry         zset   the ended ones again: key -> when their records expire
     mageflow:workers                  hash   processes with tasks: host:pid -> JSON presence
+    mageflow:delayed                  zset   waiting messages: "<key>@<due ms>" -> due (ms)
+    mageflow:rate:<task>[:<value>]    hash   a rate limiter: last reserved slot, recent starts
+    mageflow:wake                     pubsub channel telling schedulers a message waits
     mageflow:done:{wf}                pubsub channel announcing finished signatures to waiters
     mageflow:cancel                   pubsub channel asking workers to stop a running signature
 """
@@ -39,6 +42,10 @@ OUTBOX_SUFFIX = ":outbox"
 WORKFLOWS_SUFFIX = ":workflows"
 ENDED_SUFFIX = ":workflows:ended"
 EXPIRY_SUFFIX = ":workflows:expiry"
+#: Scheduling keys (the Lua side derives them from the namespace prefix of the outbox key).
+DELAYED_SUFFIX = ":delayed"
+WAKE_SUFFIX = ":wake"
+RATE_SEGMENT = ":rate:"
 
 
 def new_id() -> str:
@@ -110,6 +117,25 @@ class KeySchema:
         """Presence of the processes that registered tasks: ``host:pid`` -> JSON (tasks, engine,
         start, last heartbeat), refreshed by each process's keeper loop."""
         return f"{self.namespace}:workers"
+
+    @property
+    def delayed(self) -> str:
+        """Index of messages that wait for a due time (a delay, or a rate limit's slot): entry
+        ``"<key>@<due ms>"`` -> due. The message itself waits on the record; the scheduler of
+        every client releases what is due (release.lua)."""
+        return f"{self.namespace}{DELAYED_SUFFIX}"
+
+    @property
+    def wake_channel(self) -> str:
+        """Pub/sub channel on which a script that schedules a message announces its due time,
+        so sleeping schedulers look at the head of the delayed index again."""
+        return f"{self.namespace}{WAKE_SUFFIX}"
+
+    def rate(self, task: str, value: str | None = None) -> str:
+        """The rate limiter of ``task`` (or of one value of its per-key field). Written only by
+        start_task.lua, which builds the same name."""
+        base = f"{self.namespace}{RATE_SEGMENT}{task}"
+        return base if value is None else f"{base}:{value}"
 
     def owns(self, key: object) -> bool:
         """True when ``key`` is shaped like a signature key of this namespace (the scripts check

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -309,8 +310,13 @@ class Store:
         """Record a task's final outcome (V.SKIP when it was not running: a duplicate)."""
         return await self._run("finish", [key], [outcome, value, message])
 
-    async def launch(self, key: str, envelope: str) -> Answer:
-        return await self._run("launch", [key], [envelope])
+    async def launch(
+        self, key: str, envelope: str, delay_ms: int | None = None, at_ms: int | None = None
+    ) -> Answer:
+        """Start ``key`` with ``envelope``; with ``delay_ms`` (from Redis's clock) or ``at_ms``
+        (ms since the epoch) its message waits in the delayed index until then."""
+        due = ["" if delay_ms is None else delay_ms, "" if at_ms is None else at_ms]
+        return await self._run("launch", [key], [envelope, *due])
 
     async def start_container(self, key: str, message: str, ret: str) -> Answer:
         return await self._run("start_container", [key], [message, ret])
@@ -342,6 +348,13 @@ class Store:
         """What to send again: queued messages unsent for ``grace_ms``, and tasks whose lease
         ran out."""
         return (await self._run("recover", [], [grace_ms, most])).actions()
+
+    async def release_due(self, most: int) -> Released:
+        """Queue up to ``most`` waiting messages that are due (release.lua)."""
+        answer = await self._run("release", [], [most])
+        head, now, more = answer.detail
+        due = int(float(head)) if head else None  # a score, as Redis prints doubles
+        return Released(answer.actions(), due, int(now), more == "1")
 
     async def claim_state(self, key: str) -> tuple[str, int, int, int]:
         """(status, attempt, lease end ms, Redis time ms) of a signature."""
@@ -411,6 +424,16 @@ class Store:
     async def registry(self) -> dict[str, str]:
         async with self._guard():
             return _pairs_from_map(await self.redis.hgetall(self.keys.registry))
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """What one release call queued, and when the next waiting message is due (Redis ms)."""
+
+    actions: list[Action]
+    next_due_ms: int | None
+    now_ms: int
+    more: bool
 
 
 def _pairs_from_map(raw: Mapping[Any, Any]) -> dict[str, str]:

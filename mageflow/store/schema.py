@@ -95,6 +95,12 @@ class Field(StrEnum):
     MOVED = "moved"  # forwarding note: the signature now lives under this key
     STARTED = "ts_s"  # run: start time (ms)
     FINISHED = "ts_f"  # run: end time (ms)
+    # -- scheduling (delays, rate limits) ------------------------------------------------------
+    DELAY = "dly"  # plan: ms its message waits after it is queued (sign(..., delay=...))
+    RATE = "rate"  # plan: its task's rate limit, "<count>/<period ms>" (from the task's meta)
+    RATE_KEY = "ratek"  # plan: the message field the rate limit is counted per ('' for none)
+    DUE = "due"  # run: when its waiting message is released (ms); once past, its wait is served
+    SLOT = "slot"  # run: the start time (ms) the rate limiter reserved for it, until it starts
 
 
 #: The plan group: what a copy of a signature keeps (the kwargs ``k:*`` belong to it too).
@@ -121,6 +127,9 @@ PLAN = frozenset(
         Field.ITEM_SUCCESS,
         Field.ITEM_ERRORS,
         Field.ITEM,
+        Field.DELAY,
+        Field.RATE,
+        Field.RATE_KEY,
     }
 )
 
@@ -192,6 +201,7 @@ class Verdict(StrEnum):
     FOREIGN = "foreign"  # any script: the key is not a signature key of this namespace
     NOT_RECORD = "not_record"  # any script: the key holds something that is not a record
     WRONG_TASK = "wrong_task"  # start_task: the record is of another task (detail: that task)
+    DEFERRED = "deferred"  # start_task: not due yet (a delay or a rate limit); detail: due ms
 
 
 class PoisonReason(StrEnum):

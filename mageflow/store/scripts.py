@@ -8,11 +8,14 @@ from functools import cache
 from importlib import resources
 
 from mageflow.store.keys import (
+    DELAYED_SUFFIX,
     DONE_SEGMENT,
     ENDED_SUFFIX,
     EXPIRY_SUFFIX,
     OUTBOX_SUFFIX,
+    RATE_SEGMENT,
     SIG_SEGMENT,
+    WAKE_SUFFIX,
     WORKFLOWS_SUFFIX,
 )
 from mageflow.store.schema import RECORD_MARK, lua_constants
@@ -32,6 +35,7 @@ SCRIPT_NAMES = (
     "recover",
     "watch",
     "ack",
+    "release",
 )
 
 
@@ -48,6 +52,7 @@ def generated_prelude() -> str:
         "ENDED": ENDED_SUFFIX,
         "EXPIRY": EXPIRY_SUFFIX,
     }
+    segments |= {"DELAYED": DELAYED_SUFFIX, "WAKE": WAKE_SUFFIX, "RATE": RATE_SEGMENT}
     body = ", ".join(f"{k}={json.dumps(v)}" for k, v in segments.items())
     mark = f"local RECORD_MARK = {json.dumps(RECORD_MARK)}"
     return "\n".join([lua_constants(), f"local SEG = {{{body}}}", mark])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from typing import Any
 
 from pydantic import BaseModel
@@ -158,3 +159,10 @@ async def square_item(msg: MapItem) -> int:
 @mf.task(name="item_done")
 async def item_done(msg: Ok) -> None:
     await record("item_done", msg.value, value={"value": msg.value, "pid": PID})
+
+
+@mf.task(name="limited", rate_limit="10/s")
+async def limited(msg: Num) -> int:
+    """Rate limited across every worker (tests/engines/test_taskiq_scheduling.py)."""
+    await record("limited", value={"x": msg.x, "pid": PID, "at": time.time()})
+    return msg.x

@@ -3,6 +3,8 @@
 -- one started before answers V.LAUNCHED; else V.INVALID with its status, or V.MOVED, V.MISSING.
 -- A root (no parent, no owner) is a workflow: it goes into the running workflows' index by its
 -- creation time (finalize moves it to the ended index).
+-- ARGV[5] a delay (ms) or ARGV[6] a due time (ms since the epoch), '' for none: the message waits
+-- until then (one in the past is due at once), instead of any delay the signature was signed with.
 local key = KEYS[3]
 local refused = guard()
 if refused then return refused end
@@ -16,13 +18,22 @@ local function index_root()
     keep_index(WORKFLOWS)
   end
 end
+-- The due time is taken from Redis's clock for a delay, so a client's clock does not shift it.
+local function set_due()
+  local due = nil
+  if (ARGV[5] or '') ~= '' then due = now_ms() + tonumber(ARGV[5]) end
+  if (ARGV[6] or '') ~= '' then due = tonumber(ARGV[6]) end
+  if due then redis.call('HSET', key, F.DUE, ms_text(due)) end
+end
 if f[1] == ST.PENDING then
   index_root()
+  set_due()
   deliver(key, ARGV[4])
   return answer(V.OK)
 end
 if f[1] == ST.SUSPENDED or f[1] == ST.INTERRUPTED then
   index_root()
+  set_due()
   redis.call('HSET', key, F.ENVELOPE, ARGV[4])
   return answer(V.PARKED, f[1])
 end

@@ -258,21 +258,80 @@ local function outbox_entry(key, stamp)
   return key .. '@' .. stamp
 end
 
-local function deliver(key, env)
-  local f = redis.call('HMGET', key, F.STATUS, F.KIND, F.TASK)
-  local st = f[1]
-  if not st or TERMINAL[st] or st == ST.ACTIVE then return end
-  if st == ST.SUSPENDED or st == ST.INTERRUPTED then
-    redis.call('HSET', key, F.ENVELOPE, env)
-    return
-  end
+-- Queue `key`'s message now: on the record, in the outbox, and as a DELIVER action.
+local function queue_now(key, env, kind, task)
   -- The entry is "<key>@<ms>"; the record keeps only the <ms> part (short, see envelope()).
   local stamp = tostring(now_ms())
   local entry = outbox_entry(key, stamp)
   redis.call('HSET', key, F.ENVELOPE, env, F.OUTBOX_ENTRY, stamp)
   redis.call('ZADD', OUTBOX, now_ms(), entry)
   keep_index(OUTBOX)
-  push(ACT.DELIVER, key, f[2], f[3], env, entry)
+  push(ACT.DELIVER, key, kind, task, env, entry)
+end
+
+-- Scheduling (delays, rate limits). A message that must wait is kept on its record like a parked
+-- one, and the namespace's delayed index holds "<key>@<due ms>" -> due; release.lua queues it
+-- once due, and a wake notice tells sleeping schedulers (recovery.py) to look at the index head.
+-- Like SIG_PREFIX, the index and channel are named from the outbox key's namespace prefix; they
+-- are in no workflow's hash slot, so Redis Cluster support will have to pass them as KEYS.
+local DELAYED, WAKE = NAMESPACE .. SEG.DELAYED, NAMESPACE .. SEG.WAKE
+
+local function ms_text(ms)
+  return string.format('%d', math.floor(ms))
+end
+
+-- The delayed index lives as long as the other indexes, and that much past its last due time:
+-- a long wait (a rate limit's backlog) never expires with it.
+local function keep_delayed()
+  local last = redis.call('ZRANGE', DELAYED, -1, -1, 'WITHSCORES')
+  local ttl = INDEX_TTL
+  if last[2] then ttl = math.max(ttl, tonumber(last[2]) - now_ms() + INDEX_TTL) end
+  redis.call('PEXPIRE', DELAYED, math.ceil(ttl))
+end
+
+-- A waiting signature must still exist when it is due: refresh it, its callbacks and the
+-- containers above it (and a container's subtree); a wait longer than the active TTL (a rate
+-- limit's backlog) stretches the record's own TTL past the due time.
+local function hold_until(key, kind, due)
+  keep_alive(key)
+  if kind ~= KIND.TASK then
+    for _, child in ipairs(children(key, nil, kind)) do expire_tree(child, 1, LIVE) end
+  end
+  local wait = due - now_ms()
+  if wait > 0 then redis.call('PEXPIRE', key, math.ceil(wait + ttl_of(LIVE, kind))) end
+end
+
+-- Keep `key`'s message until `due` (ms). Nothing is to be sent before then, so it has no outbox
+-- entry (one it had is done with): the delayed index entry is what release.lua acts on.
+local function schedule(key, env, due, kind)
+  local stamp = ms_text(due)
+  local obx = redis.call('HGET', key, F.OUTBOX_ENTRY)
+  if obx then redis.call('ZREM', OUTBOX, outbox_entry(key, obx)) end
+  redis.call('HSET', key, F.ENVELOPE, env, F.DUE, stamp)
+  redis.call('HDEL', key, F.OUTBOX_ENTRY)
+  redis.call('ZADD', DELAYED, tonumber(stamp), outbox_entry(key, stamp))
+  keep_delayed()
+  hold_until(key, kind or KIND.TASK, tonumber(stamp))
+  redis.call('PUBLISH', WAKE, stamp)
+end
+
+local function deliver(key, env)
+  local f = redis.call('HMGET', key, F.STATUS, F.KIND, F.TASK, F.DELAY, F.DUE)
+  local st = f[1]
+  if not st or TERMINAL[st] or st == ST.ACTIVE then return end
+  if st == ST.SUSPENDED or st == ST.INTERRUPTED then
+    redis.call('HSET', key, F.ENVELOPE, env)
+    return
+  end
+  -- A due time, once set, stands: before it the message waits (again, after a resume), after it
+  -- the wait is served. Without one, a signature signed with a delay starts waiting now.
+  local due = tonumber(f[5] or '')
+  if not due and f[4] then due = now_ms() + tonumber(f[4]) end
+  if due and due > now_ms() then
+    schedule(key, env, due, f[2])
+    return
+  end
+  queue_now(key, env, f[2], f[3])
 end
 
 -- A started root ended: move it from the running index to the ended one, note when its records
