@@ -1,6 +1,7 @@
 """``python -m bench``: every workload against every contender, several repetitions, then the
-accounting pass, the TTL check and (when a target is missed) the profiles; writes the raw JSON to
-bench/results/ and the report to docs/benchmarks.md."""
+accounting pass, the TTL check, the size series of the embedded swarm and (when a target is
+missed) the profiles; writes the raw JSON to bench/results/ and the report to
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import accounting, procs, profiling, report
+from bench import accounting, procs, profiling, report, scaling
 from bench.contenders.base import Contender, Env
 from bench.contenders.mageflow import MageflowEmbedded, MageflowTaskiq
 from bench.contenders.raw_taskiq import RawTaskiq
-from bench.model import WORKLOADS, RunResult, Sizes
+from bench.model import NEW_WORKLOADS, WORKLOADS, RunResult, Sizes
 from bench.servers import RedisServer
 from bench.session import run_session
 
@@ -80,7 +81,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="contenders, comma-separated: embedded, mf-taskiq, raw, celery, "
         "or names like mageflow-taskiq-2w",
     )
-    p.add_argument("--workloads", default=",".join(WORKLOADS), help="swarm,chain,callbacks")
+    p.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated, of {','.join(WORKLOADS)}; 'new' stands for "
+        f"{','.join(NEW_WORKLOADS)} (with the size series, that is the scenarios of issue 13)",
+    )
+    p.add_argument(
+        "--scaling-sizes",
+        default=None,
+        help="swarm sizes of the embedded size series, comma-separated (default "
+        f"{','.join(str(n) for n in scaling.SIZES)}; with --quick "
+        f"{','.join(str(n) for n in scaling.QUICK_SIZES)}); it runs when the embedded "
+        "contender is selected",
+    )
+    p.add_argument("--no-scaling", action="store_true", help="skip the size series")
     p.add_argument(
         "--profile",
         choices=("auto", "always", "never"),
@@ -94,7 +109,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-minutes",
         type=float,
         default=None,
-        help="stop starting repetitions after this long (default 13; 2 with --quick)",
+        help="stop starting repetitions after this long (default 18; 2 with --quick)",
     )
     p.add_argument(
         "--doc",
@@ -186,8 +201,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = Sizes.quick() if args.quick else Sizes()
     reps = args.reps or (1 if args.quick else 3)
     profile = args.profile or ("never" if args.quick else "auto")
-    limit_min = args.max_minutes or (2.0 if args.quick else 13.0)
-    workloads = [w for w in args.workloads.split(",") if w in WORKLOADS]
+    limit_min = args.max_minutes or (2.0 if args.quick else 18.0)
+    wanted = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    wanted = [n for w in wanted for n in (NEW_WORKLOADS if w == "new" else (w,))]
+    unknown = [w for w in wanted if w not in WORKLOADS]
+    if unknown:
+        raise SystemExit(f"unknown workload(s) {', '.join(unknown)}; choose from {WORKLOADS}")
+    workloads = [w for w in WORKLOADS if w in wanted]
+    default_sizes = scaling.QUICK_SIZES if args.quick else scaling.SIZES
+    scale_sizes = (
+        scaling.parse_sizes(args.scaling_sizes) if args.scaling_sizes else list(default_sizes)
+    )
     contenders = select(all_contenders(), args.only)
     procs.install_cleanup()
     started, wall = datetime.now(UTC), time.monotonic()
@@ -223,11 +247,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         if not args.no_accounting and any(c.name.startswith("mageflow") for c in contenders):
             print("accounting pass (MONITOR on the state server)", flush=True)
-            data["accounting"] = [
-                r.to_json() for r in accounting.account(env, contenders, workloads)
-            ]
+            counted = [w for w in workloads if w not in accounting.NOT_ACCOUNTED]
+            data["accounting"] = [r.to_json() for r in accounting.account(env, contenders, counted)]
             print("done-TTL check", flush=True)
             data["keys_left"] = accounting.keys_left(env, contenders)
+        if (
+            not args.no_scaling
+            and scale_sizes
+            and any(c.name == "mageflow-embedded" for c in contenders)
+        ):
+            print(f"size series, embedded swarm of {scale_sizes}", flush=True)
+            data["scaling"] = scaling.series(scale_sizes, workdir, env.concurrency)
         if profile == "always" or (profile == "auto" and targets_missed(data)):
             print("profiling with py-spy", flush=True)
             data["profiles"] = profiling.profile_all(env, sizes)

@@ -45,6 +45,21 @@ MEMORY = (
     "the done TTL), hence 1.5 keys per signature in workload (c)."
 )
 
+SCALING = (
+    "One run per size, each on a fresh private `redis-server`: an embedded client "
+    "(`Mageflow(InProcEngine(), url)`, default TTLs) runs a warm-up swarm of 100, then "
+    "`swarm([noop] x N, SwarmConfig(max_concurrency=50), success_callbacks=[collect], "
+    "is_swarm_closed=True)`, timed from signing the callback to the callback's result as in "
+    "(a). *µs / task* is end to end / (N + 1) task runs; *run* leaves out the build (writing "
+    "the swarm), which is given per signature written. CPU is the client process "
+    "(`time.process_time`) and the state server, per task run. *EVALSHA / task* and *µs each* "
+    "come from `INFO commandstats` (Redis's own time per script call). Memory per finished "
+    "signature (N members + callback + swarm, all finished, nothing expired): *used_memory* is "
+    "the growth of everything Redis allocated (`MEMORY STATS` total.allocated, dict buckets "
+    "included), *MEMORY USAGE* the sum of `MEMORY USAGE key SAMPLES 0` over the keys the swarm "
+    "added. `python -m bench.scaling --sizes 1000,10000,50000` runs the series alone."
+)
+
 PROFILES = (
     "py-spy samples one process at 250 Hz while it runs full-size swarms (three for the "
     "embedded engine, two for the workers) or about a thousand chain steps; "
@@ -64,6 +79,8 @@ def render(sizes: Sizes, meta: dict[str, Any]) -> str:
         s=sizes,
         swarm_runs=sizes.swarm_n + 1,
         callback_runs=2 * sizes.callbacks_n,
+        big_swarm_runs=sizes.big_swarm_n + 1,
+        burst_runs=sizes.burst_n * sizes.burst_len,
         reps=meta.get("reps", "?"),
         block=XREAD_BLOCK_MS,
         socket_timeout=SOCKET_TIMEOUT_S,

@@ -5,12 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-WORKLOADS = ("swarm", "chain", "callbacks")
+WORKLOADS = ("swarm", "chain", "callbacks", "swarm10k", "burst")
+#: ``--workloads new``: the scenarios issue 13 added (the size series runs apart, see scaling.py).
+NEW_WORKLOADS = ("swarm10k", "burst")
 WORKLOAD_TITLES = {
     "swarm": "(a) swarm of {swarm_n:,} tasks, max_concurrency {swarm_concurrency}, "
     "success callback",
     "chain": "(b) chain of {chain_n} steps",
     "callbacks": "(c) {callbacks_n:,} signed tasks, one success callback each",
+    "swarm10k": "(d) swarm of {big_swarm_n:,} tasks, max_concurrency {swarm_concurrency}, "
+    "success callback",
+    "burst": "(e) burst of {burst_n:,} workflows started at once, each a chain of {burst_len}",
 }
 
 
@@ -20,11 +25,17 @@ class Sizes:
     swarm_concurrency: int = 50
     chain_n: int = 100
     callbacks_n: int = 2000
+    big_swarm_n: int = 10_000
+    burst_n: int = 1000
+    burst_len: int = 3
     run_timeout: float = 180.0
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(swarm_n=200, chain_n=20, callbacks_n=200, run_timeout=40.0)
+        return cls(
+            swarm_n=200, chain_n=20, callbacks_n=200, big_swarm_n=1000, burst_n=100,
+            run_timeout=40.0,
+        )  # fmt: skip
 
     def title(self, workload: str) -> str:
         return WORKLOAD_TITLES[workload].format(**asdict(self))
@@ -35,6 +46,10 @@ class Sizes:
             return self.swarm_n + 1
         if workload == "chain":
             return self.chain_n
+        if workload == "swarm10k":
+            return self.big_swarm_n + 1
+        if workload == "burst":
+            return self.burst_n * self.burst_len
         return 2 * self.callbacks_n
 
 

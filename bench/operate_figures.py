@@ -87,8 +87,9 @@ def in_process(url: str, wanted: WorkflowFilter) -> Callable[[], Any]:
 
 def api_run(url: str, query: str) -> Callable[[], Any] | None:
     try:
-        from mageflow.ui.app import create_app
         from starlette.testclient import TestClient
+
+        from mageflow.ui.app import create_app
     except ImportError:
         return None
     # The test client sends Host "testserver": allow it as the one name besides loopback.

@@ -25,7 +25,9 @@ def wiring_for(env: Env, contender: Contender, tag: str, done_ttl: float = 0.0) 
 
 
 def warmup_sizes(sizes: Sizes) -> Sizes:
-    return replace(sizes, swarm_n=100, chain_n=5, callbacks_n=50, run_timeout=60.0)
+    return replace(
+        sizes, swarm_n=100, chain_n=5, callbacks_n=50, big_swarm_n=100, burst_n=20, run_timeout=60.0
+    )
 
 
 def describe(r: RunResult) -> str:
@@ -54,7 +56,7 @@ def run_session(
     one, so leftovers of the failed run cannot slow them down.
     """
     results: list[RunResult] = []
-    todo = list(workloads)
+    todo = [w for w in workloads if contender.supports(w)]
     while todo:
         env.broker.reset()
         env.state.reset()

@@ -96,11 +96,15 @@ class Contender(ABC):
     family: str = ""
     label: str = ""
     result_keys: str = ""  # SCAN pattern of the keys its results/state live in (memory)
+    workloads: tuple[str, ...] | None = None  # the workloads it runs (None: every one)
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.spy_prefix: list[str] = []  # run the worker under this (py-spy) when profiling
         self.stop_signal = signal.SIGTERM
+
+    def supports(self, workload: str) -> bool:
+        return self.workloads is None or workload in self.workloads
 
     def worker_pids(self) -> list[int]:
         """Root pids of the session's worker processes (for CPU accounting)."""

@@ -28,11 +28,20 @@ WAIT_LIMIT = 50  # client-side waits (and marks) in progress at once
 
 
 async def _swarm(mf: Mageflow, sizes: Sizes, timeout: float) -> tuple[float, KeysFn]:
+    return await swarm_of(mf, sizes.swarm_n, sizes.swarm_concurrency, timeout)
+
+
+async def _big_swarm(mf: Mageflow, sizes: Sizes, timeout: float) -> tuple[float, KeysFn]:
+    return await swarm_of(mf, sizes.big_swarm_n, sizes.swarm_concurrency, timeout)
+
+
+async def swarm_of(mf: Mageflow, n: int, concurrency: int, timeout: float) -> tuple[float, KeysFn]:
+    """A swarm of ``n`` trivial members and one success callback; wait for the callback."""
     t0 = clock()
     collect = await mf.sign(COLLECT)
     swarm = await mf.swarm(
-        [NOOP] * sizes.swarm_n,
-        config=SwarmConfig(max_concurrency=sizes.swarm_concurrency),
+        [NOOP] * n,
+        config=SwarmConfig(max_concurrency=concurrency),
         success_callbacks=[collect],
         is_swarm_closed=True,
     )
@@ -40,7 +49,7 @@ async def _swarm(mf: Mageflow, sizes: Sizes, timeout: float) -> tuple[float, Key
     built = clock() - t0
     await swarm.aio_run_no_wait({"x": 1})
     value = await collect.aresult(timeout=timeout)
-    if value != sizes.swarm_n:
+    if value != n:
         raise AssertionError(f"swarm callback returned {value!r}")
 
     async def keys() -> list[str]:
@@ -84,11 +93,39 @@ async def _callbacks(mf: Mageflow, sizes: Sizes, timeout: float) -> tuple[float,
     return built, keys
 
 
-DRIVERS = {"swarm": _swarm, "chain": _chain, "callbacks": _callbacks}
+async def _burst(mf: Mageflow, sizes: Sizes, timeout: float) -> tuple[float, KeysFn]:
+    """``burst_n`` independent workflows, each a chain of ``burst_len`` steps, written in one
+    ``abounded_field()``, all started at once; wait for every chain's result."""
+    t0 = clock()
+    async with mf.abounded_field():  # every chain in one MULTI/EXEC
+        chains = [await mf.chain([NOOP] * sizes.burst_len) for _ in range(sizes.burst_n)]
+    await bounded_gather((mf.notifier.watch(c.key) for c in chains), WAIT_LIMIT)
+    built = clock() - t0
+    for i, c in enumerate(chains):
+        await c.aio_run_no_wait({"x": i})
+    values = await bounded_gather((c.aresult(timeout=timeout) for c in chains), WAIT_LIMIT)
+    if values != [i + sizes.burst_len for i in range(sizes.burst_n)]:
+        raise AssertionError("wrong chain results")
+
+    async def keys() -> list[str]:
+        return [k for c in chains for k in c.tasks]
+
+    return built, keys
+
+
+DRIVERS = {
+    "swarm": _swarm,
+    "chain": _chain,
+    "callbacks": _callbacks,
+    "swarm10k": _big_swarm,
+    "burst": _burst,
+}
 SIGNATURES = {
     "swarm": lambda s: s.swarm_n + 2,
     "chain": lambda s: s.chain_n + 1,
     "callbacks": lambda s: 2 * s.callbacks_n,
+    "swarm10k": lambda s: s.big_swarm_n + 2,
+    "burst": lambda s: s.burst_n * (s.burst_len + 1),
 }
 
 

@@ -5,7 +5,8 @@ The client plays the orchestrator, as closely as Taskiq alone allows:
 * swarm: kick the members with at most ``max_concurrency`` waiting for a result at once, then
   kick the collect task with the list of results;
 * chain: kick each step when the previous step's result arrives (the client drives the chain);
-* callbacks: kick each task, and kick its callback with the task's result when that arrives.
+* callbacks: kick each task, and kick its callback with the task's result when that arrives;
+* burst: run every chain of the burst at once, each driven step by step as in ``chain``.
 """
 
 from __future__ import annotations
@@ -51,14 +52,22 @@ def _task(broker: AsyncBroker, name: str) -> Any:
 
 
 async def _swarm(c: Client, sizes: Sizes) -> None:
-    gate = asyncio.Semaphore(sizes.swarm_concurrency)
+    await _swarm_of(c, sizes.swarm_n, sizes.swarm_concurrency)
+
+
+async def _big_swarm(c: Client, sizes: Sizes) -> None:
+    await _swarm_of(c, sizes.big_swarm_n, sizes.swarm_concurrency)
+
+
+async def _swarm_of(c: Client, n: int, concurrency: int) -> None:
+    gate = asyncio.Semaphore(concurrency)
 
     async def member() -> int:
         async with gate:
             return int(await c.call(c.noop, x=1))
 
-    values = await asyncio.gather(*(member() for _ in range(sizes.swarm_n)))
-    if await c.call(c.collect, values=list(values)) != sizes.swarm_n:
+    values = await asyncio.gather(*(member() for _ in range(n)))
+    if await c.call(c.collect, values=list(values)) != n:
         raise AssertionError("collect returned the wrong count")
 
 
@@ -80,7 +89,25 @@ async def _callbacks(c: Client, sizes: Sizes) -> None:
         raise AssertionError("wrong callback results")
 
 
-DRIVERS = {"swarm": _swarm, "chain": _chain, "callbacks": _callbacks}
+async def _burst(c: Client, sizes: Sizes) -> None:
+    async def one(i: int) -> int:
+        x = i
+        for _ in range(sizes.burst_len):
+            x = int(await c.call(c.noop, x=x))
+        return x
+
+    values = await asyncio.gather(*(one(i) for i in range(sizes.burst_n)))
+    if list(values) != [i + sizes.burst_len for i in range(sizes.burst_n)]:
+        raise AssertionError("wrong chain results")
+
+
+DRIVERS = {
+    "swarm": _swarm,
+    "chain": _chain,
+    "callbacks": _callbacks,
+    "swarm10k": _big_swarm,
+    "burst": _burst,
+}
 
 
 class RawTaskiq(Contender):
