@@ -63,7 +63,10 @@ SCALING = (
 PROFILES = (
     "py-spy samples one process at 250 Hz while it runs full-size swarms (three for the "
     "embedded engine, two for the workers) or about a thousand chain steps; "
-    "idle samples (waiting in `epoll`) are left out, so every sample is CPU time. *self* is the "
+    "idle samples (waiting in `epoll`) are left out, so every sample is CPU time (py-spy "
+    "tells idle threads by their OS state, which misses many waits on some virtual machines, "
+    "so samples whose innermost frame is the selector's `select` are left out as well). "
+    "*self* is the "
     "innermost frame; *inclusive* counts a function when it is anywhere on the stack. The "
     "Taskiq profiles are of the single worker process: raw Taskiq's orchestration runs in the "
     "client instead (see the CPU table for both sides)."

@@ -296,7 +296,12 @@ def profile_section(data: dict[str, Any]) -> list[str]:
         out.append(
             f"{p['samples']} samples, {p['cpu_s']:.2f} s CPU for {p['tasks']:,} task runs: "
             f"**{p['cpu_us_per_task']:.0f} µs CPU per task** in this process; "
-            f"{p['in_core_pct']:.0f}% of samples have a mageflow frame on the stack."
+            f"{p['in_core_pct']:.0f}% of samples have a mageflow frame on the stack"
+            + (
+                f" ({p['epoll_samples']} samples waiting in `epoll` left out)."
+                if p.get("epoll_samples")
+                else "."
+            )
         )
         areas = ", ".join(f"{a} {v:.0f}%" for a, v in p["areas"])
         out += ["", f"By library of the innermost frame: {areas}.", ""]
