@@ -119,6 +119,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "bench/results/benchmarks-quick.md)",
     )
     p.add_argument("--from-json", type=Path, help="only rewrite the report from a saved run")
+    p.add_argument(
+        "--reanalyze-profiles",
+        action="store_true",
+        help="with --from-json: summarize the run's raw py-spy files (bench/results/profiles/) "
+        "again, and save the JSON with the new summaries",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, profiles)")
     return p.parse_args(argv)
 
@@ -194,6 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
+        if args.reanalyze_profiles and saved.get("profiles"):
+            saved["profiles"] = profiling.reanalyze(saved["profiles"], RESULTS / "profiles")
+            stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+            saved["meta"]["profiles_summarized_again"] = stamp
+            args.from_json.write_text(json.dumps(saved, indent=1, default=str))
         doc = args.doc or DOC
         doc.write_text(report.render(saved, args.from_json.name))
         print(f"wrote {doc}")

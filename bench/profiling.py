@@ -5,8 +5,9 @@ py-spy runs the target as its child (``py-spy record -- python ...``) and leaves
 (a thread waiting in ``epoll``), so a sample is CPU time of the process; samples / rate / tasks is
 the CPU time one task costs that process. py-spy tells idle threads by their OS state, which does
 not always work (on some virtual machines most waits in ``epoll`` come through as active), so
-samples whose innermost frame is the selector's ``select`` are left out here too, and counted
-apart (``epoll_samples``).
+samples whose innermost frame is the selector's ``select`` (or an executor thread's wait for
+work) are left out here too, and counted apart (``epoll_samples``). ``reanalyze`` summarizes the
+raw files of a saved run again (``python -m bench --from-json ... --reanalyze-profiles``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from bench.model import Sizes
 from bench.session import wiring_for
 
 RATE = 250
-IDLE = re.compile(r"^\w*Selector\.select \(selectors\.py")  # waiting in epoll
+#: Innermost frames of a thread that waits: in epoll (the event loop), or an executor thread
+#: blocked on its work queue.
+IDLE = re.compile(r"^(\w*Selector\.select \(selectors\.py|_worker \(concurrent/futures/thread)")
 FRAME = re.compile(r"^(?P<fn>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 AREAS = (
     ("mageflow/", "mageflow"),
@@ -67,8 +70,23 @@ PATHS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("taskiq fetching (Receiver.prefetcher)", ("Receiver.prefetcher",)),
     ("  mageflow's stream listener (XREADGROUP)", ("_listen (mageflow/",)),
     ("  taskiq-redis listen (XREADGROUP, XAUTOCLAIM)", ("RedisStreamBroker.listen",)),
-    ("raw Taskiq result push (PushResultBackend.set_result)", ("set_result",)),
+    ("raw Taskiq result push (PushResultBackend.set_result)", ("PushResultBackend.set_result",)),
 )
+
+
+EMBEDDED = "mageflow embedded, swarm"
+MF_SWARM = "mageflow on Taskiq, worker process, swarm"
+RAW_SWARM = "raw Taskiq, worker process, swarm"
+MF_CHAIN = "mageflow on Taskiq, worker process, chain"
+RAW_CHAIN = "raw Taskiq, worker process, chain"
+#: Each profile's raw py-spy file (in the work dir, copied to bench/results/profiles/).
+FILES = {
+    EMBEDDED: "embedded.txt",
+    MF_SWARM: "mageflow-worker-swarm.txt",
+    RAW_SWARM: "raw-worker-swarm.txt",
+    MF_CHAIN: "mageflow-worker-chain.txt",
+    RAW_CHAIN: "raw-worker-chain.txt",
+}
 
 
 def py_spy() -> str | None:
@@ -211,18 +229,21 @@ def profile_all(env: Env, sizes: Sizes, repeat: int = 2) -> dict[str, dict[str, 
     out = env.workdir / "profiles"
     out.mkdir(exist_ok=True)
     chains = max(1, 1000 // sizes.chain_n)  # about a thousand steps
+    files = {name: out / file for name, file in FILES.items()}
     return {
-        "mageflow embedded, swarm": profile_embedded(env, sizes, repeat + 1, out / "embedded.txt"),
-        "mageflow on Taskiq, worker process, swarm": profile_worker(
-            env, MageflowTaskiq(1), "swarm", sizes, repeat, out / "mageflow-worker-swarm.txt"
-        ),
-        "raw Taskiq, worker process, swarm": profile_worker(
-            env, RawTaskiq(1), "swarm", sizes, repeat, out / "raw-worker-swarm.txt"
-        ),
-        "mageflow on Taskiq, worker process, chain": profile_worker(
-            env, MageflowTaskiq(1), "chain", sizes, chains, out / "mageflow-worker-chain.txt"
-        ),
-        "raw Taskiq, worker process, chain": profile_worker(
-            env, RawTaskiq(1), "chain", sizes, chains, out / "raw-worker-chain.txt"
-        ),
+        EMBEDDED: profile_embedded(env, sizes, repeat + 1, files[EMBEDDED]),
+        MF_SWARM: profile_worker(env, MageflowTaskiq(1), "swarm", sizes, repeat, files[MF_SWARM]),
+        RAW_SWARM: profile_worker(env, RawTaskiq(1), "swarm", sizes, repeat, files[RAW_SWARM]),
+        MF_CHAIN: profile_worker(env, MageflowTaskiq(1), "chain", sizes, chains, files[MF_CHAIN]),
+        RAW_CHAIN: profile_worker(env, RawTaskiq(1), "chain", sizes, chains, files[RAW_CHAIN]),
     }
+
+
+def reanalyze(profiles: dict[str, dict[str, Any]], folder: Path) -> dict[str, dict[str, Any]]:
+    """The summaries of a saved run, made again from its raw py-spy files in ``folder``."""
+    out = {}
+    for name, summary in profiles.items():
+        path = folder / FILES.get(name, "")
+        ok = name in FILES and path.is_file() and "tasks" in summary
+        out[name] = analyze(path, summary["tasks"]) if ok else summary
+    return out

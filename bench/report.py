@@ -298,7 +298,8 @@ def profile_section(data: dict[str, Any]) -> list[str]:
             f"**{p['cpu_us_per_task']:.0f} µs CPU per task** in this process; "
             f"{p['in_core_pct']:.0f}% of samples have a mageflow frame on the stack"
             + (
-                f" ({p['epoll_samples']} samples waiting in `epoll` left out)."
+                f" ({p['epoll_samples']} idle samples left out: waiting in `epoll`, or an "
+                "executor thread waiting for work)."
                 if p.get("epoll_samples")
                 else "."
             )
