@@ -8,24 +8,15 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from datetime import timedelta
 from typing import Any, overload
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel
 
-from mageflow import compose, mapping
-from mageflow.config import MageflowConfig, SwarmConfig
-from mageflow.containers import (
-    Callbacks,
-    ChainSignature,
-    SwarmSignature,
-    create_chain,
-    create_map,
-    create_swarm,
-)
+from mageflow import mapping
+from mageflow.building import Building
+from mageflow.config import MageflowConfig
 from mageflow.engines import Engine, resolve_engine
 from mageflow.engines.base import EngineServices
 from mageflow.errors import (
@@ -36,14 +27,12 @@ from mageflow.errors import (
 )
 from mageflow.recovery import Keeper, Presence
 from mageflow.runtime import Runtime
-from mageflow.scheduling import checked_delay, longest_wait, rate_limit_of
-from mageflow.scopes import Batch, abounded_field, durable
+from mageflow.scheduling import rate_limit_of
+from mageflow.scopes import Batch, abounded_field
 from mageflow.sender import Sender
-from mageflow.signature import Signature, TaskSignature
 from mageflow.store.connect import resolve_redis
 from mageflow.store.dead_letters import DeadLetter
 from mageflow.store.keys import KeySchema
-from mageflow.store.records import Record
 from mageflow.store.redis_store import Store
 from mageflow.tasks import MageflowTask, TaskDef, TaskFunction, infer_validator, wants_context
 from mageflow.waiting import Notifier
@@ -63,7 +52,7 @@ def current_client() -> Mageflow:
     return found
 
 
-class Mageflow:
+class Mageflow(Building):
     """Registers tasks on an engine and composes them, with workflow state in Redis.
 
     ``engine_client``: None for the in-process engine, a taskiq broker, a ``hatchet_sdk.Hatchet``,
@@ -368,43 +357,7 @@ class Mageflow:
             raise ConfigurationError("the client is not started: await mf.start() first")
         return self._notifier
 
-    # -- composing ------------------------------------------------------------------------------
-
-    async def sign(
-        self,
-        task: str | MageflowTask | Signature,
-        /,
-        success_callbacks: Sequence[Any] | None = None,
-        error_callbacks: Sequence[Any] | None = None,
-        model_validators: type[BaseModel] | None = None,
-        delay: float | timedelta | None = None,
-        **kwargs: Any,
-    ) -> Signature:
-        """Store a signature: ``task`` plus bound ``kwargs`` and callbacks (signatures too).
-        ``delay`` (seconds or a timedelta): its message waits that long once it is queued."""
-        delay_ms = checked_delay(delay, longest_wait(self.config.ttl, "task"))
-        await self.ensure_started()
-        await self._refresh_for([task])
-        return await durable(
-            self,
-            lambda: compose.sign(
-                self,
-                task,
-                success_callbacks=success_callbacks,
-                error_callbacks=error_callbacks,
-                model_validators=model_validators,
-                kwargs=kwargs,
-                delay_ms=delay_ms,
-            ),
-        )
-
-    asign = sign
-
-    async def load_signature(self, key: str) -> Signature:
-        """The signature stored under ``key`` (raises SignatureNotFoundError)."""
-        check_key(key)
-        await self.ensure_started()
-        return self.handle(await self.store.load(key))
+    # -- dead letters ---------------------------------------------------------------------------
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The newest ``limit`` deliveries refused as poison in this namespace, oldest first."""
@@ -415,146 +368,6 @@ class Mageflow:
         """Delete this namespace's dead letters; how many there were."""
         await self.ensure_started()
         return await self.runtime.dead.store.purge()
-
-    def handle(self, record: Record) -> Signature:
-        """The handle class for a stored record's kind."""
-        if record.kind == "chain":
-            return ChainSignature(self, record)
-        if record.kind == "swarm":
-            return SwarmSignature(self, record)
-        return TaskSignature(self, record)
-
-    async def chain(
-        self,
-        tasks: Sequence[Any],
-        name: str | None = None,
-        success: Any = None,
-        error: Any = None,
-        success_callbacks: Sequence[Any] | None = None,
-        error_callbacks: Sequence[Any] | None = None,
-        **kwargs: Any,
-    ) -> ChainSignature:
-        """Store a chain: ``tasks`` (signatures, decorated tasks or names) run one after another.
-
-        The first step gets the run's message plus the chain's ``kwargs``; each later step gets
-        the previous result in its ReturnValue field. ``success``/``error`` are single callbacks,
-        added to ``success_callbacks``/``error_callbacks``.
-        """
-        await self.ensure_started()
-        await self._refresh_for(tasks)
-        return await durable(
-            self,
-            lambda: create_chain(
-                self,
-                tasks,
-                name=name,
-                success_callbacks=_with(success_callbacks, success),
-                error_callbacks=_with(error_callbacks, error),
-                kwargs=kwargs,
-            ),
-        )
-
-    achain = chain
-
-    async def swarm(
-        self,
-        tasks: Sequence[Any] | None = None,
-        task_name: str | None = None,
-        success_callbacks: Sequence[Any] | None = None,
-        error_callbacks: Sequence[Any] | None = None,
-        config: SwarmConfig | None = None,
-        is_swarm_closed: bool = False,
-        item_success_callbacks: Sequence[Any] | None = None,
-        item_error_callbacks: Sequence[Any] | None = None,
-        **kwargs: Any,
-    ) -> SwarmSignature:
-        """Store a swarm: ``tasks`` run in parallel within ``config``'s limits.
-
-        Every member gets the run's message plus the swarm's ``kwargs`` and its own bound kwargs.
-        The swarm completes once it is closed (``is_swarm_closed=True`` or ``close_swarm()``) and
-        every member has finished; its result is the list of member results in the order added.
-        ``item_success_callbacks`` / ``item_error_callbacks``: each member gets its own copy of
-        each, fired with that member's result (or message and error), once per member.
-        """
-        await self.ensure_started()
-        await self._refresh_for(tasks or [])
-        callbacks = Callbacks.of(
-            success_callbacks, error_callbacks, item_success_callbacks, item_error_callbacks
-        )
-        return await durable(
-            self,
-            lambda: create_swarm(
-                self,
-                list(tasks or []),
-                name=task_name,
-                callbacks=callbacks,
-                config=config or SwarmConfig(),
-                closed=is_swarm_closed,
-                kwargs=kwargs,
-            ),
-        )
-
-    aswarm = swarm
-
-    async def map(
-        self,
-        task: Any,
-        *,
-        config: SwarmConfig | None = None,
-        success_callbacks: Sequence[Any] | None = None,
-        error_callbacks: Sequence[Any] | None = None,
-        item_success_callbacks: Sequence[Any] | None = None,
-        item_error_callbacks: Sequence[Any] | None = None,
-        items_field: str = "items",
-        name: str | None = None,
-        **kwargs: Any,
-    ) -> SwarmSignature:
-        """Store a map: when it runs, one copy of ``task`` per item of a list, in parallel
-        within ``config``'s limits. The list is the previous step's result in a chain, else the
-        message's ``items_field``. Each copy gets its item in its ReturnValue field (else
-        ``results``) plus the map's ``kwargs``; the map's result is the item results in input
-        order. ``task``: a task, its name, a signature or a chain (copied per item)."""
-        await self.ensure_started()
-        await self._refresh_for([task])
-        callbacks = Callbacks.of(
-            success_callbacks, error_callbacks, item_success_callbacks, item_error_callbacks
-        )
-        return await durable(
-            self,
-            lambda: create_map(
-                self,
-                task,
-                name=name,
-                callbacks=callbacks,
-                config=config or SwarmConfig(),
-                items_field=_field_name(items_field),
-                kwargs=kwargs,
-            ),
-        )
-
-    amap = map
-
-    async def _refresh_for(self, refs: Sequence[Any]) -> None:
-        names = [r for r in refs if isinstance(r, str)]
-        if any(n not in self._tasks and n not in self._remote_meta for n in names):
-            await self.refresh_registry()
-
-    async def duplicate(self, sig: Signature, **kwargs: Any) -> Signature:
-        """A new pending signature with ``sig``'s task, kwargs (updated by ``kwargs``) and copies
-        of its callbacks."""
-        await sig.aload()
-        new_key = self.keys.new_signature()
-        await compose.copy_tree(self, sig.key, new_key, "", "", move=False)
-        copy = await self.load_signature(new_key)
-        if kwargs:
-            await copy.kwargs.aupdate(**kwargs)
-        return copy
-
-
-def check_key(key: Any) -> None:
-    """Refuse a key that is not a string before it reaches Redis."""
-    if not isinstance(key, str):
-        raise InvalidArgumentError("a signature key", "a string (Signature.key)", key)
 
 
 def _task_name(name: Any) -> str:
@@ -567,19 +380,6 @@ def _task_name(name: Any) -> str:
             "must not be empty; pass a name, or leave name out to use the function's name",
         )
     return name
-
-
-def _field_name(name: Any) -> str:
-    if not isinstance(name, str) or not name:
-        raise InvalidArgumentError("items_field", "the name of a message field", name)
-    return name
-
-
-def _with(items: Sequence[Any] | None, extra: Any) -> list[Any]:
-    out = list(items or [])
-    if extra is not None:
-        out.append(extra)
-    return out
 
 
 def _seconds(value: Any) -> float | None:

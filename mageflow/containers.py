@@ -2,7 +2,7 @@
 
 A chain runs its steps one after another, each receiving the previous result; a swarm runs its
 members in parallel under a concurrency limit. Both are signatures, so they take callbacks and
-nest anywhere. Their progress is driven by the same completion script as plain tasks (lib.lua).
+nest anywhere. Their progress is driven by the same completion script as plain tasks (lua/flow.lua).
 """
 
 from __future__ import annotations

@@ -200,8 +200,17 @@ class Scheduler:
             except Exception as exc:  # Redis trouble: the messages wait on; look again soon
                 log.warning("could not release due messages (%r); trying again", exc)
                 pause = MAX_SLEEP
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), pause)
+            await self._sleep(pause)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until a wake notice or ``seconds``. Not asyncio.wait_for: on Python 3.11 it returns
+        normally when a cancel meets a wake in the same loop turn, and stop() then waits for a
+        loop that never ends; asyncio.wait leaves the cancel to raise."""
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({woken}, timeout=seconds)
+        finally:
+            woken.cancel()
 
     async def release(self) -> float:
         """Queue and send every message due now; the seconds until the next one is due (at

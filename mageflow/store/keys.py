@@ -99,7 +99,7 @@ class KeySchema:
     def workflows(self) -> str:
         """Index of started root signatures (no parent, no owner) that have not ended, by
         creation time, so operators list workflows without scanning the keyspace. The start
-        (launch.lua) adds a root; its end (finalize in lib.lua) moves it to :attr:`ended`."""
+        (launch.lua) adds a root; its end (finalize in flow.lua) moves it to :attr:`ended`."""
         return f"{self.namespace}{WORKFLOWS_SUFFIX}"
 
     @property

@@ -1,5 +1,5 @@
 """Loads the Lua transition scripts once. Each runs as: the constants generated from the schema
-and key modules, then the shared prelude ``lib.lua``, then its own file."""
+and key modules, then the shared prelude (``lib.lua``, ``flow.lua``), then its own file."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from mageflow.store.keys import (
     WORKFLOWS_SUFFIX,
 )
 from mageflow.store.schema import RECORD_MARK, lua_constants
+
+#: The shared prelude, in order: records, TTLs and the outbox; then the completion path.
+PRELUDE = ("lib", "flow")
 
 SCRIPT_NAMES = (
     "start_task",
@@ -62,4 +65,4 @@ def generated_prelude() -> str:
 def script_source(name: str) -> str:
     if name not in SCRIPT_NAMES:
         raise KeyError(name)
-    return "\n".join([generated_prelude(), _read("lib"), _read(name)])
+    return "\n".join([generated_prelude(), *(_read(part) for part in PRELUDE), _read(name)])

@@ -69,7 +69,7 @@ def test_scripts_name_only_constants_the_schema_defines(name: str) -> None:
 
 
 def test_every_script_file_is_loaded_and_every_loaded_script_exists() -> None:
-    assert set(lua_files()) == {f"{n}.lua" for n in SCRIPT_NAMES} | {"lib.lua"}
+    assert set(lua_files()) == {f"{n}.lua" for n in SCRIPT_NAMES} | {"lib.lua", "flow.lua"}
 
 
 def test_the_generated_prelude_matches_the_schema() -> None:
