@@ -37,7 +37,7 @@ test: lint browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[dev,taskiq,hatchet,bench]"
+	$(BIN)/python -m pip install -q -e ".[dev,taskiq,hatchet,ui,bench]"
 	$(BIN)/python -m bench
 
 clean:
