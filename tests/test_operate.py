@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import redis
+from gated import Gates, register_gated_tasks
 from typer.testing import CliRunner, Result
 
 from mageflow import Mageflow, MageflowConfig, SwarmConfig
@@ -33,31 +34,11 @@ def config(namespace: str) -> MageflowConfig:
     return MageflowConfig(namespace=namespace, lease_seconds=1.0)
 
 
-class Gates:
-    def __init__(self) -> None:
-        self.open = asyncio.Event()
-        self.started: list[str] = []
-
-
 @pytest.fixture
 async def gates(mf: Mageflow) -> AsyncIterator[Gates]:
-    g = Gates()
-
-    @mf.task(name="work")
-    async def work(msg: dict[str, Any]) -> Any:
-        g.started.append(msg.get("tag", ""))
-        if msg.get("hold"):
-            await asyncio.wait_for(g.open.wait(), 30)
-        if msg.get("fail"):
-            raise ValueError(f"bad {msg.get('tag')}")
-        return msg.get("tag")
-
-    @mf.task(name="report")
-    async def report(msg: dict[str, Any]) -> None:
-        return None
-
-    yield g
-    g.open.set()
+    gates = register_gated_tasks(mf)
+    yield gates
+    gates.open.set()
 
 
 async def cli(*args: str) -> Result:

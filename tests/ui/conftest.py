@@ -3,12 +3,11 @@ the test opens (helpers are in ui_harness.py)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from ui_harness import Gates
+from gated import Gates, register_gated_tasks
 
 from mageflow import Mageflow, MageflowConfig
 
@@ -21,23 +20,9 @@ def config(namespace: str) -> MageflowConfig:
 
 @pytest.fixture
 async def gates(mf: Mageflow) -> AsyncIterator[Gates]:
-    g = Gates()
-
-    @mf.task(name="work")
-    async def work(msg: dict[str, Any]) -> Any:
-        g.started.append(msg.get("tag", ""))
-        if msg.get("hold"):
-            await asyncio.wait_for(g.open.wait(), 30)
-        if msg.get("fail"):
-            raise ValueError(f"bad {msg.get('tag')}")
-        return msg.get("tag")
-
-    @mf.task(name="report")
-    async def report(msg: dict[str, Any]) -> None:
-        return None
-
-    yield g
-    g.open.set()
+    gates = register_gated_tasks(mf)
+    yield gates
+    gates.open.set()
 
 
 @pytest.fixture

@@ -25,8 +25,9 @@ httpx = pytest.importorskip("httpx", reason="the viewer's tests need httpx (the 
 pytest.importorskip("starlette", reason="the viewer needs the ui extra: pip install '.[ui]'")
 pytest.importorskip("uvicorn", reason="the viewer needs the ui extra: pip install '.[ui]'")
 
+from gated import Gates  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
-from ui_harness import Gates, serving, until  # noqa: E402
+from ui_harness import serving, until  # noqa: E402
 
 from mageflow import Mageflow, SwarmConfig  # noqa: E402
 from mageflow.cli import app as cli_app  # noqa: E402

@@ -23,8 +23,9 @@ playwright = pytest.importorskip(
     "playwright.async_api", reason="playwright is not installed (the dev extra has it)"
 )
 
+from gated import Gates  # noqa: E402
 from playwright.async_api import Browser, Page, expect  # noqa: E402
-from ui_harness import Gates, Served, serving, until  # noqa: E402
+from ui_harness import Served, serving, until  # noqa: E402
 
 from mageflow import Mageflow, SwarmConfig  # noqa: E402
 from mageflow.inspection import open_store, workflow_tree  # noqa: E402

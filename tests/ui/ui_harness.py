@@ -22,14 +22,6 @@ if TYPE_CHECKING:  # imported when used, so a missing ui extra is a skip, not an
     from mageflow.ui.server import UiServer
 
 
-class Gates:
-    """Tasks named "work" wait on ``open`` when told to hold; ``started`` lists their tags."""
-
-    def __init__(self) -> None:
-        self.open = asyncio.Event()
-        self.started: list[str] = []
-
-
 async def until(check: Any, timeout: float = 10.0, what: str = "condition") -> None:
     """Wait for ``check()`` (sync or async) to be true, for at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
