@@ -33,8 +33,16 @@ browser:
 	    echo "could not install chromium: the browser tests will skip"; \
 	  else echo "chromium is not installed (and not root): the browser tests will skip"; fi; }
 
+# The workflow suite again with the state on a private 3-master Redis Cluster (tests/conftest.py
+# starts it on loopback ports and stops it by pid; REDIS_CLUSTER_URL points at another one).
+CLUSTER_SUITE := tests/store tests/test_chains.py tests/test_swarms.py tests/test_nesting.py \
+	tests/test_lifecycle.py tests/test_signatures.py tests/test_kernel.py tests/test_map.py \
+	tests/test_exactly_once.py tests/test_ttl.py tests/test_scheduling.py \
+	tests/test_crash_recovery.py tests/test_operate.py tests/engines/test_taskiq.py
+
 test: lint browser
 	$(BIN)/python -m pytest -q
+	MAGEFLOW_TEST_CLUSTER=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(CLUSTER_SUITE)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev,taskiq,hatchet,ui,bench]"

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, overload
 
-import redis.asyncio as aioredis
-
 from mageflow import mapping
 from mageflow.building import Building
 from mageflow.config import MageflowConfig
@@ -30,7 +28,8 @@ from mageflow.runtime import Runtime
 from mageflow.scheduling import rate_limit_of
 from mageflow.scopes import Batch, abounded_field
 from mageflow.sender import Sender
-from mageflow.store.connect import resolve_redis
+from mageflow.store.batching import AnyRedis
+from mageflow.store.connect import reconnect, resolve_redis, shard_count
 from mageflow.store.dead_letters import DeadLetter
 from mageflow.store.keys import KeySchema
 from mageflow.store.redis_store import Store
@@ -56,19 +55,20 @@ class Mageflow(Building):
     """Registers tasks on an engine and composes them, with workflow state in Redis.
 
     ``engine_client``: None for the in-process engine, a taskiq broker, a ``hatchet_sdk.Hatchet``,
-    or an :class:`~mageflow.engines.Engine`. ``redis_client``: a ``redis.asyncio.Redis``, a URL, or
+    or an :class:`~mageflow.engines.Engine`. ``redis_client``: a ``redis.asyncio.Redis``, a
+    ``redis.asyncio.cluster.RedisCluster``, a URL (``redis+cluster://host:port`` for a cluster), or
     None for ``$REDIS_URL`` or else a private embedded Redis server.
     """
 
     def __init__(
         self,
         engine_client: Any = None,
-        redis_client: aioredis.Redis | str | None = None,
+        redis_client: AnyRedis | str | None = None,
         *,
         config: MageflowConfig | None = None,
     ) -> None:
         self.config = config or MageflowConfig()
-        self.keys = KeySchema(self.config.namespace)
+        self.keys = KeySchema(self.config.namespace, shard_count(redis_client, self.config.shards))
         self.engine: Engine = resolve_engine(engine_client)
         self.engine_client = engine_client
         self._redis_arg = redis_client
@@ -258,7 +258,7 @@ class Mageflow(Building):
     def rebind(
         self,
         engine_client: Any = None,
-        redis_client: aioredis.Redis | str | None = None,
+        redis_client: AnyRedis | str | None = None,
         *,
         config: MageflowConfig | None = None,
     ) -> Callable[[], None]:
@@ -272,7 +272,7 @@ class Mageflow(Building):
         saved = (self.config, self.keys, self.engine, self.engine_client, self._redis_arg)
         remote = dict(self._remote_meta)
         self.config = config or self.config
-        self.keys = KeySchema(self.config.namespace)
+        self.keys = KeySchema(self.config.namespace, shard_count(redis_client, self.config.shards))
         self.engine = resolve_engine(engine_client)
         self.engine_client, self._redis_arg, self._remote_meta = engine_client, redis_client, {}
         for definition in self._tasks.values():
@@ -309,12 +309,7 @@ class Mageflow(Building):
         old = self._store
         assert old is not None
         # The old connections belong to the event loop that ended: connect again.
-        pool = old.redis.connection_pool
-        self._redis_arg = aioredis.Redis(
-            connection_pool=type(pool)(
-                connection_class=pool.connection_class, **pool.connection_kwargs
-            )
-        )
+        self._redis_arg = reconnect(old.redis)
         self._forget_started()
         self.engine.reset()
         await self.ensure_started()

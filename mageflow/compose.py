@@ -63,7 +63,11 @@ class Plan:
         from mageflow.signature import Signature
 
         if isinstance(ref, Signature):
+            # A new key even within the shard: the old one stays the signature's own, so a copy
+            # (when it turns out to belong to another parent) never lands on it.
             new_key = K.rekey(ref.key, self.wf)
+            if new_key == ref.key:
+                new_key = self.client.keys.signature(self.wf, K.new_id())
             self.moves.append((ref, new_key, parent, owner))
             return new_key
         definition = self.client.resolve_task(ref)
@@ -117,6 +121,18 @@ class Plan:
             raise SignatureNotFoundError(sig.key)
         else:
             raise InvalidTransitionError(sig.key, answer.detail[0], "attach")
+
+
+def new_parent_key(client: Workspace, *children: Sequence[Any]) -> str:
+    """The key of a new parent: in the shard of its first child that is a stored signature, so
+    that child need not move to another shard (a move within a shard keeps the key), else in a
+    shard picked at random."""
+    from mageflow.signature import Signature
+
+    for child in (c for group in children for c in group):
+        if isinstance(child, Signature):
+            return client.keys.new_signature(K.workflow_of(child.key))
+    return client.keys.new_signature()
 
 
 async def read_subtree(
@@ -213,7 +229,7 @@ async def sign(
         return copy
     definition = client.resolve_task(task)
     check_callbacks(client, success_callbacks or [])
-    key = client.keys.new_signature()
+    key = new_parent_key(client, success_callbacks or [], error_callbacks or [])
     plan = Plan(client, K.workflow_of(key))
     ok = [plan.child(cb, "", key) for cb in success_callbacks or []]
     err = [plan.child(cb, "", key) for cb in error_callbacks or []]

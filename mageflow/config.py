@@ -146,6 +146,10 @@ class MageflowConfig(_Settings):
     #: the ended event loop cut off (callbacks of a script that returned without close()). What
     #: is not done by then is finished by the next start. 0 leaves it all to the next start.
     finish_at_exit_seconds: float = Field(default=30.0, ge=0)
+    #: How many shards the namespace's state is split into (see docs/cluster.md). None: 1 on a
+    #: single Redis, 16 on a Redis Cluster. Every process of a namespace must use the same count:
+    #: recovery looks only at the shards it knows.
+    shards: int | None = Field(default=None, ge=1, le=1024)
 
     @field_validator("namespace")
     @classmethod

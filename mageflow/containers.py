@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mageflow.compose import Plan, check_callbacks, new_fields
+from mageflow.compose import Plan, check_callbacks, new_fields, new_parent_key
 from mageflow.config import SwarmConfig
 from mageflow.errors import (
     ConfigurationError,
@@ -196,7 +196,7 @@ async def create_chain(
 ) -> ChainSignature:
     if not tasks:
         raise ConfigurationError("a chain needs at least one task")
-    key = client.keys.new_signature()
+    key = new_parent_key(client, tasks, success_callbacks, error_callbacks)
     plan = Plan(client, K.workflow_of(key))
     steps = [plan.child(t, key, key) for t in tasks]
     fields = new_fields(
@@ -256,7 +256,7 @@ async def create_swarm(
     closed: bool,
     kwargs: dict[str, Any],
 ) -> SwarmSignature:
-    key = client.keys.new_signature()
+    key = new_parent_key(client, tasks, callbacks.success, callbacks.error)
     if config.max_task_allowed is not None and len(tasks) > config.max_task_allowed:
         raise SwarmFullError(key, config.max_task_allowed)
     plan = Plan(client, K.workflow_of(key))
@@ -283,7 +283,7 @@ async def create_map(
     """A map: a swarm whose members are copies of ``task``, one per item of the list it gets
     when it runs (see mapping.py). ``task``: a task, its name, a signature or a chain."""
     check_callbacks(client, [task])  # each copy gets its item as a return value
-    key = client.keys.new_signature()
+    key = new_parent_key(client, [task], callbacks.success, callbacks.error)
     plan = Plan(client, K.workflow_of(key))
     template = plan.child(task, key, key)
     mapped = {Field.TEMPLATE: json.dumps([template]), Field.ITEMS_FIELD: items_field}

@@ -271,3 +271,16 @@ class InvalidSettingError(ConfigurationError):
         self.problems: list[tuple[str, Any, str]] = problems or [(setting, value, rule)]
         text = "; ".join(f"{s} = {_short(v)}: {r}" for s, v, r in self.problems)
         super().__init__(f"invalid setting {text}. Fix the value and try again.")
+
+
+class CrossSlotError(MageflowError):
+    """A script call or MULTI named keys of more than one Redis Cluster slot. This is a bug in
+    mageflow, caught by the check the test suite turns on (``Store.check_slots``): report it."""
+
+    def __init__(self, what: str, key_list: list[str]) -> None:
+        self.what = what
+        self.keys = key_list
+        super().__init__(
+            f"{what} names keys of several Redis Cluster slots ({', '.join(key_list[:6])}); "
+            "this is a mageflow bug, please report it."
+        )

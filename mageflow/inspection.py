@@ -24,7 +24,7 @@ from mageflow.config import MageflowConfig
 from mageflow.errors import InvalidValueError
 from mageflow.lifecycle import apply_control
 from mageflow.store import keys as K
-from mageflow.store.connect import client_from_url
+from mageflow.store.connect import client_from_url, shard_count
 from mageflow.store.keys import KeySchema
 from mageflow.store.records import Record, loads
 from mageflow.store.redis_store import MAX_FORWARDS, Store
@@ -54,7 +54,8 @@ async def open_store(url: str, namespace: str) -> AsyncIterator[Store]:
     does not answer. TTLs (for lifecycle requests) come from MageflowConfig's environment."""
     config = MageflowConfig(namespace=namespace)
     client = client_from_url(url, max_connections=32)
-    store = Store(client, KeySchema(namespace), config.ttl, config.accepted_grace_seconds)
+    keys = KeySchema(namespace, shard_count(url, config.shards))
+    store = Store(client, keys, config.ttl, config.accepted_grace_seconds)
     try:
         await store.ping()
         yield store
@@ -112,7 +113,8 @@ async def list_workflows(store: Store, wanted: WorkflowFilter) -> list[dict[str,
     """Started root workflows of the store's namespace, running and ended, newest first, as
     JSON-able rows."""
     redis = store.redis
-    newest = _Merged([_Cursor(redis, store.keys.workflows), _Cursor(redis, store.keys.ended)])
+    shards = store.keys.all_shards
+    newest = _Merged([_Cursor(redis, index) for s in shards for index in (s.workflows, s.ended)])
     rows: list[dict[str, Any]] = []
     gone: list[str] = []
     while len(rows) < wanted.limit:
@@ -132,8 +134,9 @@ async def list_workflows(store: Store, wanted: WorkflowFilter) -> list[dict[str,
                 rows.append(row)
     if gone:  # expired workflows: their index entries go as they are met
         pipe = redis.pipeline(transaction=False)
-        for index in (store.keys.workflows, store.keys.ended, store.keys.expiry):
-            pipe.zrem(index, *gone)
+        for shard, keys in store.keys.by_shard(gone).items():
+            for index in (shard.workflows, shard.ended, shard.expiry):
+                pipe.zrem(index, *keys)
         await pipe.execute()
     return rows[: wanted.limit]
 

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,15 +134,16 @@ class Keeper:
     async def recover(self) -> int:
         """One recovery round; returns how many messages it sent again."""
         sent = 0
-        for _ in range(MAX_CALLS):
-            actions = await self.store.recover(self.grace_ms, BATCH)
-            mine = [a for a in actions if not self.engine.holds(a.key)]
-            if mine:
-                log.info("recovery: sending %d message(s) again", len(mine))
-                await self.sender.send(mine)
-                sent += len(mine)
-            if len(actions) < BATCH:
-                break
+        for shard in self.store.keys.all_shards:
+            for _ in range(MAX_CALLS):
+                actions = await self.store.recover(shard, self.grace_ms, BATCH)
+                mine = [a for a in actions if not self.engine.holds(a.key)]
+                if mine:
+                    log.info("recovery: sending %d message(s) again", len(mine))
+                    await self.sender.send(mine)
+                    sent += len(mine)
+                if len(actions) < BATCH:
+                    break
         return sent
 
 
@@ -216,18 +218,24 @@ class Scheduler:
         """Queue and send every message due now; the seconds until the next one is due (at
         most MAX_SLEEP)."""
         loop = asyncio.get_running_loop()
-        while True:
-            asked = loop.time()
-            done = await self.store.release_due(RELEASE_BATCH)
-            if done.actions:
-                await self.sender.send(done.actions)
-            if not done.more:
-                break
-        wait_ms = MAX_SLEEP * 1000
-        if done.next_due_ms is not None:
-            # +1 ms: Redis counts whole ms, so waking a fraction early would find nothing due.
-            wait_ms = min(wait_ms, max(done.next_due_ms - done.now_ms + 1, 0))
-        self._look_at = done.now_ms + int(wait_ms)
+        asked = loop.time()
+        wait_ms, now_ms = MAX_SLEEP * 1000, 0
+        # A pass reads the shards one after another: a message scheduled meanwhile in a shard
+        # already read is not in the heads it returns, so every notice during the pass wakes
+        # the loop for another one.
+        self._look_at = sys.maxsize
+        for shard in self.store.keys.all_shards:
+            while True:
+                done = await self.store.release_due(shard, RELEASE_BATCH)
+                if done.actions:
+                    await self.sender.send(done.actions)
+                if not done.more:
+                    break
+            now_ms = max(now_ms, done.now_ms)
+            if done.next_due_ms is not None:
+                # +1 ms: Redis counts whole ms, so waking a fraction early would find nothing.
+                wait_ms = min(wait_ms, max(done.next_due_ms - done.now_ms + 1, 0))
+        self._look_at = now_ms + int(wait_ms)
         return max(asked + wait_ms / 1000 - loop.time(), 0.0)
 
     async def _listen(self) -> None:

@@ -12,12 +12,15 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 from mageflow import Mageflow, MageflowConfig
 from mageflow.store.embedded import EmbeddedRedis
+from mageflow.store.redis_store import Store
 
 LOCAL_URL = "redis://127.0.0.1:6379/0"
 
@@ -29,8 +32,51 @@ def _answers(url: str) -> bool:
         return False
 
 
+#: Set to 1 to run the suite (make test runs the cluster selection, see Makefile) with the
+#: workflow state on a Redis Cluster: REDIS_CLUSTER_URL's, else a private 3-master cluster.
+ON_CLUSTER = os.environ.get("MAGEFLOW_TEST_CLUSTER") == "1"
+
+# Every test (and every worker process a test starts, which inherits the environment) checks that
+# each script call and MULTI names keys of one Redis Cluster slot, and on a single Redis splits
+# its namespace over four shards: a change that would break the cluster fails there too. (On a
+# cluster the default of 16 shards holds.)
+if not ON_CLUSTER:
+    os.environ.setdefault("MAGEFLOW_SHARDS", "4")
+os.environ.setdefault("MAGEFLOW_CHECK_SLOTS", "1")
+# The store read the variable when mageflow was first imported (the pytest plugin may have done
+# that before this file ran).
+Store.check_slots = os.environ["MAGEFLOW_CHECK_SLOTS"] == "1"
+
+
+def sync_client(url: str) -> Any:
+    """A sync client for ``url``: a RedisCluster for a ``redis+cluster://`` URL."""
+    if url.startswith("redis+cluster://"):
+        return redis.cluster.RedisCluster.from_url(
+            url.replace("+cluster", "", 1), decode_responses=True
+        )
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_url(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Where the workflow state lives: the single Redis of ``broker_url``, or a cluster."""
+    if not ON_CLUSTER:
+        yield broker_url
+        return
+    existing = os.environ.get("REDIS_CLUSTER_URL")
+    if existing:
+        yield existing.replace("redis://", "redis+cluster://", 1)
+        return
+    from cluster.harness import RedisClusterHarness
+
+    root = tmp_path_factory.mktemp("state-cluster")
+    with RedisClusterHarness(masters=3, replicas=0, root=root) as cluster:
+        yield cluster.url.replace("redis://", "redis+cluster://", 1)
+
+
+@pytest.fixture(scope="session")
+def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A single Redis: $REDIS_URL, the local one, or a private one. Engines' brokers use it."""
     url = os.environ.get("REDIS_URL")
     if url:
         yield url
@@ -49,8 +95,8 @@ def namespace() -> str:
 
 
 @pytest.fixture
-def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+def sync_redis(redis_url: str) -> Iterator[Any]:
+    client = sync_client(redis_url)
     yield client
     client.close()
 

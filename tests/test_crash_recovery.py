@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import uuid
 
-import redis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +26,7 @@ from mageflow import DispatchError, Mageflow, MageflowConfig
 from mageflow.engines.inproc import InProcEngine
 from mageflow.envelope import Envelope
 from mageflow.tasks import TaskDef
+from tests.conftest import sync_client
 from tests.test_properties import Box, World, boxes, outcome, size
 
 
@@ -75,7 +75,7 @@ async def run_example(url: str, root: Box, refuse: set[int], die_at: int, drain:
     first = Mageflow(engine, url, config=config)
     world = World(first)
     world.register()
-    sync = redis.Redis.from_url(url, decode_responses=True)
+    sync = sync_client(url)
     second: Mageflow | None = None
     try:
         sig = await world.build(root, "r")

@@ -187,13 +187,15 @@ async def test_a_closed_swarm_callback_whose_send_failed_is_recovered(
     with pytest.raises(DispatchError, match="sent again automatically"):
         await swarm.close_swarm()
     assert await swarm.astatus() is S.DONE
-    assert sync_redis.zcard(first.keys.outbox) == 1  # queued in the same step, durably
+    assert (
+        sync_redis.zcard(first.keys.shard(swarm.key).outbox) == 1
+    )  # queued in the same step, durably
     await first.close()  # this process ends before its own retries get through
     second = await pair.start_second()
     await eventually(lambda: log.runs["swarm-ok"] == 1)
     await second.engine.join()
     assert log.runs["swarm-ok"] == 1 and log.got["swarm-ok"] == [5]
-    assert sync_redis.zcard(first.keys.outbox) == 0
+    assert sync_redis.zcard(first.keys.shard(swarm.key).outbox) == 0
 
 
 async def test_members_added_to_a_running_swarm_survive_a_failed_send(pair: TwoProcesses) -> None:

@@ -119,16 +119,24 @@ async def test_an_expired_workflow_leaves_the_index(
     await asyncio.sleep(0.01)  # creation times are in ms: keep the two apart
     second = await mf.sign("work", tag="2")
     await second.aio_run()
-    running, ended = f"{namespace}:workflows", f"{namespace}:workflows:ended"
-    assert sync_redis.zcard(running) == 0  # an end moves a workflow to the ended index
-    assert sync_redis.zrange(ended, 0, -1) == [first.key, second.key]
-    assert sync_redis.pttl(ended) > 0 and sync_redis.pttl(f"{namespace}:workflows:expiry") > 0
+    shards = mf.keys.all_shards
+
+    def entries(index: str) -> list[str]:
+        rows = [
+            r for s in shards for r in sync_redis.zrange(getattr(s, index), 0, -1, withscores=True)
+        ]
+        return [key for key, _score in sorted(rows, key=lambda r: r[1])]
+
+    assert entries("workflows") == []  # an end moves a workflow to the ended index
+    assert entries("ended") == [first.key, second.key]
+    for index in (mf.keys.shard(first.key).ended, mf.keys.shard(first.key).expiry):
+        assert sync_redis.pttl(index) > 0
     sync_redis.delete(first.key)  # as its TTL would
 
     rows = await cli_json("ls", "--redis-url", redis_url, "--namespace", namespace)
     assert [r["key"] for r in rows] == [second.key]
-    assert sync_redis.zrange(ended, 0, -1) == [second.key]
-    assert sync_redis.zrange(f"{namespace}:workflows:expiry", 0, -1) == [second.key]
+    assert entries("ended") == [second.key]
+    assert entries("expiry") == [second.key]
 
 
 async def test_running_and_ended_workflows_list_together_newest_first(

@@ -32,6 +32,7 @@ from mageflow import (
     TTLConfig,
 )
 from mageflow.envelope import Envelope
+from tests.conftest import sync_client
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ async def run_example(url: str, root: Box, plan: list[Any], check_ttl: bool) -> 
     namespace = f"mfprop-{uuid.uuid4().hex[:10]}"
     ttl = TTLConfig(active_ttl=30, done_ttl=1.0 if check_ttl else 30)
     mf = Mageflow(None, url, config=MageflowConfig(namespace=namespace, ttl=ttl))
-    sync = redis.Redis.from_url(url, decode_responses=True)
+    sync = sync_client(url)
     world = World(mf)
     world.register()
     try:

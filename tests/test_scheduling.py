@@ -34,6 +34,7 @@ from mageflow import (
 from mageflow.engines.inproc import InProcContext
 from mageflow.envelope import Envelope
 from mageflow.inspection import iso, workflow_tree
+from mageflow.store.keys import KeySchema
 from mageflow.store.schema import Field
 
 S = SignatureStatus
@@ -82,7 +83,8 @@ async def field_ms(sig: Signature, name: Field) -> int:
 
 
 def delayed_entries(sync_redis: redis.Redis, namespace: str, key: str) -> list[str]:
-    return [e for e in sync_redis.zrange(f"{namespace}:delayed", 0, -1) if e.startswith(key + "@")]
+    delayed = KeySchema(namespace).shard(key).delayed
+    return [e for e in sync_redis.zrange(delayed, 0, -1) if e.startswith(key + "@")]
 
 
 # -- delays ---------------------------------------------------------------------------------------
@@ -373,7 +375,8 @@ async def test_a_rate_limited_task_never_exceeds_its_limit_runs_in_order_and_dro
     claims = await started_ms(mf, sigs)
     # Never early: the i-th reservation is i intervals (100 ms) after the first.
     assert all(c - claims[0] >= 100 * i for i, c in enumerate(claims))
-    # The claims (Redis clock) hold the limit exactly; a body starts a moment after its claim,
+    # The recorded starts (the limiter's grants, Redis clock) hold the limit exactly; a body
+    # starts a moment after its claim,
     # and that moment varies, so two bodies may share a window's edge: one more is tolerated.
     assert most_in_window([float(c) for c in claims], 1000) <= 10
     assert most_in_window([t for _, t, _ in runs.starts], 1000) <= 11
@@ -459,6 +462,6 @@ async def test_waiting_work_and_its_indexes_have_ttls(
 ) -> None:
     sig = await mf.sign("work", name="ttl")
     await sig.aio_run_no_wait({}, delay=5)
-    assert sync_redis.pttl(f"{namespace}:delayed") > 0
+    assert sync_redis.pttl(mf.keys.shard(sig.key).delayed) > 0
     assert sync_redis.pttl(sig.key) > 0
     await sig.cancel()

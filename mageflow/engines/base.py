@@ -21,10 +21,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
-
 from mageflow.envelope import Envelope
 from mageflow.errors import ConfigurationError, PoisonMessageError
+from mageflow.store.batching import AnyRedis
 from mageflow.store.keys import KeySchema
 
 if TYPE_CHECKING:
@@ -60,7 +59,7 @@ class EngineServices:
     that coordinate workers through Redis, e.g. to cancel a run on another process) and a way to
     read a signature's claim."""
 
-    redis: Redis
+    redis: AnyRedis
     keys: KeySchema
     lease_seconds: float
     #: (status, attempt, lease end ms, Redis time ms) of a signature: who holds it, until when.

@@ -19,8 +19,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 
 MAX_BATCH = 512
+#: A single Redis or a Redis Cluster: a cluster pipeline sends each call to its slot's master.
+AnyRedis = aioredis.Redis | RedisCluster
 
 
 @dataclass(slots=True)
@@ -32,7 +35,7 @@ class _Call:
 
 
 class ScriptBatcher:
-    def __init__(self, client: aioredis.Redis, reload: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, client: AnyRedis, reload: Callable[[], Awaitable[None]]) -> None:
         self._client = client
         self._reload = reload
         self._queue: list[_Call] = []

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
 from mageflow.errors import RedisUnavailableError
+from mageflow.store.batching import AnyRedis
 from mageflow.store.keys import KeySchema
 from mageflow.store.schema import DEAD_DATA_LIMIT, DeadField
 
@@ -64,7 +64,7 @@ def _text(value: Any) -> str:
 
 
 class DeadLetterStore:
-    def __init__(self, redis: Redis, keys: KeySchema, ttl: float = DEFAULT_TTL) -> None:
+    def __init__(self, redis: AnyRedis, keys: KeySchema, ttl: float = DEFAULT_TTL) -> None:
         self.redis = redis
         self.key = keys.dead_letters
         self.ttl_ms = int(ttl * 1000)

@@ -1,51 +1,69 @@
 """Every Redis key mageflow writes is named here, and nowhere else.
 
-All keys of one workflow (a root signature and everything under it: callbacks, chain steps, swarm
-members) share the hash tag ``{wf}``, so each state transition touches a single Redis Cluster slot.
+Shards. A namespace's state is split into ``shards`` shards (1 on a single Redis, 16 by default
+on a Redis Cluster). Each shard has a hash tag ``{t}`` chosen so that the shards' slots are
+spread evenly over the 16384 Redis Cluster slots. A workflow (a root signature and everything
+under it: callbacks, chain steps, swarm members) lives in one shard, and the shard's indexes
+(outbox, leases, workflow index, delayed index) carry the same tag, so every state transition
+touches keys of one slot only: each script call and each MULTI is single-slot (the store checks
+it under test, see ``Store.check_slots``).
 
-Layout, with the default namespace ``mageflow``::
+Layout, with the default namespace ``mageflow`` (``{t}`` is a shard's tag)::
+
+    mageflow:sig:{t}:<id>             hash   one signature: status, kwargs (k:<name>), result ...
+    mageflow:sig:{t}:<id>:members     list   a swarm's member keys, in the order they were added
+    mageflow:sig:{t}:<id>:queue       list   a swarm's members still waiting for a slot
+    mageflow:sig:{t}:<id>:cache       list   signatures a durable task created (retry cache)
+    mageflow:outbox:{t}               zset   queued messages not yet sent: "<key>@<ms>" -> queued at
+    mageflow:leases:{t}               zset   running tasks: signature key -> lease deadline (ms)
+    mageflow:workflows:{t}            zset   started root signatures, running: key -> created (ms)
+    mageflow:workflows:ended:{t}      zset   started root signatures, ended: key -> created (ms)
+    mageflow:workflows:expiry:{t}     zset   the ended ones again: key -> when their records expire
+    mageflow:delayed:{t}              zset   waiting messages: "<key>@<due ms>" -> due (ms)
+
+Keys of no shard, each written on its own (never in a script or MULTI with another key)::
 
     mageflow:registry                 hash   task name -> JSON task metadata (written by workers)
-    mageflow:sig:{wf}:<id>            hash   one signature: status, kwargs (k:<name>), result ...
-    mageflow:sig:{wf}:<id>:members    list   a swarm's member keys, in the order they were added
-    mageflow:sig:{wf}:<id>:queue      list   a swarm's members still waiting for a slot
-    mageflow:sig:{wf}:<id>:cache      list   signatures a durable task created (retry cache)
-    mageflow:outbox                   zset   queued messages not yet sent: "<key>@<ms>" -> queued at
-    mageflow:leases                   zset   running tasks: signature key -> lease deadline (ms)
-    mageflow:dead                     stream dead letters: deliveries refused as poison
-    mageflow:workflows                zset   started root signatures, running: key -> created (ms)
-    mageflow:workflows:ended          zset   started root signatures, ended: key -> created (ms)
-    mageflow:workflows:expiry         zset   the ended ones again: key -> when their records expire
     mageflow:workers                  hash   processes with tasks: host:pid -> JSON presence
-    mageflow:delayed                  zset   waiting messages: "<key>@<due ms>" -> due (ms)
+    mageflow:dead                     stream dead letters: deliveries refused as poison
     mageflow:rate:<task>[:<value>]    hash   a rate limiter: last reserved slot, recent starts
-    mageflow:wake                     pubsub channel telling schedulers a message waits
-    mageflow:done:{wf}                pubsub channel announcing finished signatures to waiters
-    mageflow:cancel                   pubsub channel asking workers to stop a running signature
+
+Channels (Redis Cluster broadcasts PUBLISH to every node, so any node may be subscribed to)::
+
+    mageflow:wake                     telling schedulers a message waits
+    mageflow:done:{t}                 announcing finished signatures to waiters
+    mageflow:cancel                   asking workers to stop a running signature
 """
 
 from __future__ import annotations
 
+import random
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache as _cached
 
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
 from mageflow.config import namespace_problem
-from mageflow.errors import InvalidSettingError
+from mageflow.errors import CrossSlotError, InvalidSettingError
 from mageflow.store.schema import SubKey
 
 #: The segments that make signature keys and done channels (the Lua side gets them generated).
 SIG_SEGMENT = ":sig:"
 DONE_SEGMENT = ":done:"
 OUTBOX_SUFFIX = ":outbox"
-WORKFLOWS_SUFFIX = ":workflows"
-ENDED_SUFFIX = ":workflows:ended"
-EXPIRY_SUFFIX = ":workflows:expiry"
-#: Scheduling keys (the Lua side derives them from the namespace prefix of the outbox key).
-DELAYED_SUFFIX = ":delayed"
 WAKE_SUFFIX = ":wake"
 RATE_SEGMENT = ":rate:"
+#: Shards of a namespace on a Redis Cluster unless MageflowConfig.shards says otherwise.
+CLUSTER_SHARDS = 16
+MAX_SHARDS = 1024
+
+
+def one_slot(what: str, key_list: list[str]) -> None:
+    """CrossSlotError unless every key of ``key_list`` hashes to one Redis Cluster slot."""
+    if len({key_slot(k.encode()) for k in key_list}) > 1:
+        raise CrossSlotError(what, key_list)
 
 
 def new_id() -> str:
@@ -53,14 +71,88 @@ def new_id() -> str:
     return secrets.token_hex(8)
 
 
+@_cached
+def shard_tags(count: int) -> tuple[str, ...]:
+    """The hash tag of each of ``count`` shards: the first short name whose slot falls in the
+    shard's share of the 16384 slots, so any even split of slots over masters spreads shards
+    evenly too. Derived, never stored: every process computes the same tags."""
+    tags = []
+    for i in range(count):
+        low = i * REDIS_CLUSTER_HASH_SLOTS // count
+        high = (i + 1) * REDIS_CLUSTER_HASH_SLOTS // count
+        j = 0
+        while not low <= key_slot((tag := f"{i}" if j == 0 else f"{i}-{j}").encode()) < high:
+            j += 1
+        tags.append(tag)
+    return tuple(tags)
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """The index keys of one shard; they share its tag with every signature in it."""
+
+    namespace: str
+    tag: str
+
+    def _key(self, suffix: str) -> str:
+        return f"{self.namespace}{suffix}:{{{self.tag}}}"
+
+    @property
+    def outbox(self) -> str:
+        """Queued messages that no receiver has claimed and no sender has confirmed. Each
+        transition script adds its follow-ups here in the same step that queues them."""
+        return self._key(OUTBOX_SUFFIX)
+
+    @property
+    def leases(self) -> str:
+        """Running tasks by lease deadline: a task whose deadline passed lost its holder, and
+        recovery sends its message again."""
+        return self._key(":leases")
+
+    @property
+    def workflows(self) -> str:
+        """Started root signatures (no parent, no owner) that have not ended, by creation time,
+        so operators list workflows without scanning the keyspace. The start (launch.lua) adds
+        a root; its end (finalize in flow.lua) moves it to :attr:`ended`."""
+        return self._key(":workflows")
+
+    @property
+    def ended(self) -> str:
+        """Ended workflows by creation time; :attr:`expiry` holds each one's expiry, so every
+        end drops the entries whose records are gone."""
+        return self._key(":workflows:ended")
+
+    @property
+    def expiry(self) -> str:
+        return self._key(":workflows:expiry")
+
+    @property
+    def delayed(self) -> str:
+        """Messages that wait for a due time (a delay, or a rate limit's slot): entry
+        ``"<key>@<due ms>"`` -> due. The message itself waits on the record; the scheduler of
+        every client releases what is due (release.lua)."""
+        return self._key(":delayed")
+
+    @property
+    def indexes(self) -> list[str]:
+        """The keys every transition script gets as KEYS[1..6] (see lua/lib.lua)."""
+        return [self.outbox, self.leases, self.workflows, self.ended, self.expiry, self.delayed]
+
+
 @dataclass(frozen=True, slots=True)
 class KeySchema:
     namespace: str = "mageflow"
+    shards: int = 1
+    _by_tag: dict[str, Shard] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problem = namespace_problem(self.namespace)
         if problem is not None:
             raise InvalidSettingError("namespace", self.namespace, problem)
+        if type(self.shards) is not int or not 1 <= self.shards <= MAX_SHARDS:
+            raise InvalidSettingError("shards", self.shards, f"a whole number 1..{MAX_SHARDS}")
+        by_tag = {t: Shard(self.namespace, t) for t in shard_tags(self.shards)}
+        object.__setattr__(self, "_by_tag", by_tag)
 
     @property
     def registry(self) -> str:
@@ -70,25 +162,32 @@ class KeySchema:
         return f"{self.namespace}{SIG_SEGMENT}{{{wf}}}:{sig_id}"
 
     def new_signature(self, wf: str | None = None) -> str:
-        sig_id = new_id()
-        return self.signature(wf or sig_id, sig_id)
+        """A new key under tag ``wf`` (a parent's, so the child shares its slot), or in a shard
+        picked at random for a new workflow."""
+        return self.signature(wf or random.choice(self._tags), new_id())
 
     @property
-    def outbox(self) -> str:
-        """Index of queued messages that no receiver has claimed and no sender has confirmed.
-        Each transition script adds its follow-ups here in the same step that queues them."""
-        return f"{self.namespace}{OUTBOX_SUFFIX}"
+    def _tags(self) -> list[str]:
+        return list(self._by_tag)
 
     @property
-    def leases(self) -> str:
-        """Index of running tasks by lease deadline: a task whose deadline passed lost its
-        holder, and recovery sends its message again."""
-        return f"{self.namespace}:leases"
+    def all_shards(self) -> list[Shard]:
+        return list(self._by_tag.values())
 
-    @property
-    def indexes(self) -> list[str]:
-        """The index keys every transition script gets as KEYS[1] and KEYS[2]."""
-        return [self.outbox, self.leases]
+    def shard(self, key: str) -> Shard:
+        """The shard of signature (or outbox entry) ``key``. A key whose tag is not one of this
+        namespace's shards (written with another shard count) gets a shard of its own tag, so
+        its scripts still run single-slot."""
+        tag = workflow_of(key)
+        found = self._by_tag.get(tag)
+        return found if found is not None else Shard(self.namespace, tag)
+
+    def by_shard(self, key_list: list[str]) -> dict[Shard, list[str]]:
+        """``key_list`` grouped by shard, each group in the original order."""
+        out: dict[Shard, list[str]] = {}
+        for key in key_list:
+            out.setdefault(self.shard(key), []).append(key)
+        return out
 
     @property
     def dead_letters(self) -> str:
@@ -96,34 +195,10 @@ class KeySchema:
         return f"{self.namespace}:dead"
 
     @property
-    def workflows(self) -> str:
-        """Index of started root signatures (no parent, no owner) that have not ended, by
-        creation time, so operators list workflows without scanning the keyspace. The start
-        (launch.lua) adds a root; its end (finalize in flow.lua) moves it to :attr:`ended`."""
-        return f"{self.namespace}{WORKFLOWS_SUFFIX}"
-
-    @property
-    def ended(self) -> str:
-        """Index of ended workflows by creation time; :attr:`expiry` holds each one's expiry,
-        so every end drops the entries whose records are gone."""
-        return f"{self.namespace}{ENDED_SUFFIX}"
-
-    @property
-    def expiry(self) -> str:
-        return f"{self.namespace}{EXPIRY_SUFFIX}"
-
-    @property
     def workers(self) -> str:
         """Presence of the processes that registered tasks: ``host:pid`` -> JSON (tasks, engine,
         start, last heartbeat), refreshed by each process's keeper loop."""
         return f"{self.namespace}:workers"
-
-    @property
-    def delayed(self) -> str:
-        """Index of messages that wait for a due time (a delay, or a rate limit's slot): entry
-        ``"<key>@<due ms>"`` -> due. The message itself waits on the record; the scheduler of
-        every client releases what is due (release.lua)."""
-        return f"{self.namespace}{DELAYED_SUFFIX}"
 
     @property
     def wake_channel(self) -> str:

@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Mapping
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 
 from mageflow.config import TTLConfig
-from mageflow.errors import NotARecordError, RedisUnavailableError, SignatureNotFoundError
+from mageflow.errors import (
+    NotARecordError,
+    RedisUnavailableError,
+    SignatureNotFoundError,
+)
 from mageflow.store import keys as K
-from mageflow.store.batching import ScriptBatcher
-from mageflow.store.keys import KeySchema
+from mageflow.store import writes
+from mageflow.store.batching import AnyRedis, ScriptBatcher
+from mageflow.store.keys import KeySchema, Shard, one_slot
 from mageflow.store.records import NewRecord, Record
 from mageflow.store.schema import (
     RECORD_MARK,
@@ -29,12 +35,12 @@ from mageflow.store.schema import (
     Control,
     Field,
     Kind,
-    Notice,
     Verdict,
     decode,
 )
-from mageflow.store.scripts import SCRIPT_NAMES, script_source
+from mageflow.store.scripts import SCRIPT_NAMES, STANDALONE, script_source
 
+T = TypeVar("T")
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 #: How many 'moved' notes a lookup follows before giving up.
 MAX_FORWARDS = 4
@@ -52,7 +58,10 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def describe(client: aioredis.Redis) -> str:
+def describe(client: AnyRedis) -> str:
+    if isinstance(client, RedisCluster):
+        nodes = ",".join(f"{n.host}:{n.port}" for n in client.get_nodes()[:3])
+        return f"redis+cluster://{nodes or '?'}"
     kw = client.connection_pool.connection_kwargs
     if "path" in kw:
         return f"unix://{kw['path']}"
@@ -62,9 +71,14 @@ def describe(client: aioredis.Redis) -> str:
 class Store:
     """Signature records in Redis hashes; transitions in Lua so each one is atomic."""
 
+    #: Check that every script call and MULTI names keys of one slot. The test suite turns it
+    #: on ($MAGEFLOW_CHECK_SLOTS=1) and splits its state over several shards, so a change that
+    #: would break Redis Cluster fails on a single Redis too.
+    check_slots = os.environ.get("MAGEFLOW_CHECK_SLOTS") == "1"
+
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: AnyRedis,
         keys: KeySchema,
         ttl: TTLConfig,
         accepted_grace: float = DEFAULT_ACCEPTED_GRACE,
@@ -73,19 +87,19 @@ class Store:
         self.keys = keys
         self.ttl = ttl
         # Scripts go out as EVALSHA; they are loaded at start and again if Redis forgot them.
-        self._sha = {
+        self.sha = {
             name: hashlib.sha1(script_source(name).encode()).hexdigest() for name in SCRIPT_NAMES
         }
         self._batcher = ScriptBatcher(client, self.load_scripts)
         self._ttl_ms = [ttl.milliseconds("active"), ttl.milliseconds("done")]
-        self._acks: list[str] = []
+        self._acks: dict[Shard, list[str]] = {}
         self._accepted_grace_ms = str(int(accepted_grace * 1000))
         self._ack_timer: asyncio.TimerHandle | None = None
 
     # -- plumbing --------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _guard(self, key: str = "") -> AsyncIterator[None]:
+    async def guard(self, key: str = "") -> AsyncIterator[None]:
         try:
             yield
         except _CONNECTION_ERRORS as exc:
@@ -105,40 +119,67 @@ class Store:
         assert isinstance(key, str)
         return key
 
-    def _active_ms(self, kind: str) -> int:
+    def active_ms(self, kind: str) -> int:
         """The active TTL (ms) of a new signature of ``kind``."""
         override = getattr(self.ttl, kind, self.ttl.task).active_ttl
         return int((override or self.ttl.active_ttl) * 1000)
 
-    def _take_acks(self) -> str:
-        taken, self._acks = self._acks[:MAX_ACKS], self._acks[MAX_ACKS:]
-        return " ".join([self._accepted_grace_ms, *taken]) if taken else ""
+    def _take_acks(self, shard: Shard) -> str:
+        pending = self._acks.get(shard)
+        if not pending:
+            return ""
+        taken, self._acks[shard] = pending[:MAX_ACKS], pending[MAX_ACKS:]
+        return " ".join([self._accepted_grace_ms, *taken])
 
-    async def _call(self, name: str, key_list: list[str], args: list[Any]) -> Any:
-        full = self._script_args(key_list, args, self._take_acks())
-        async with self._guard():
-            return await self._batcher.call(self._sha[name], 2 + len(key_list), full)
+    @property
+    def cluster(self) -> bool:
+        return isinstance(self.redis, RedisCluster)
 
-    async def _run(self, name: str, key_list: list[str], args: list[Any]) -> Answer:
-        answer = decode(await self._call(name, key_list, args))
+    async def _call(
+        self, name: str, key_list: list[str], args: list[Any], shard: Shard | None = None
+    ) -> Any:
+        if name in STANDALONE:
+            full = [*key_list, *args]
+            numkeys = len(key_list)
+        else:
+            shard = shard or self.keys.shard(key_list[0])
+            full = self.script_args(key_list, args, self._take_acks(shard), shard)
+            numkeys = len(shard.indexes) + len(key_list)
+        if self.check_slots:
+            one_slot(f"script {name}", full[:numkeys])
+        async with self.guard():
+            return await self._batcher.call(self.sha[name], numkeys, full)
+
+    async def run_script(
+        self, name: str, key_list: list[str], args: list[Any], shard: Shard | None = None
+    ) -> Answer:
+        answer = decode(await self._call(name, key_list, args, shard))
         if answer.verdict in (Verdict.FOREIGN, Verdict.NOT_RECORD):
             foreign = answer.verdict is Verdict.FOREIGN
             raise NotARecordError(answer.detail[0], self.keys.namespace, foreign)
         return answer
 
-    def _script_args(self, key_list: list[str], args: list[Any], acks: str = "") -> list[Any]:
+    def script_args(
+        self, key_list: list[str], args: list[Any], acks: str = "", shard: Shard | None = None
+    ) -> list[Any]:
         """KEYS then ARGV of a script call, in the order lua/lib.lua expects."""
-        return [*self.keys.indexes, *key_list, *self._ttl_ms, acks, *args]
+        shard = shard or self.keys.shard(key_list[0])
+        return [*shard.indexes, *key_list, *self._ttl_ms, acks, *args]
 
     async def load_scripts(self) -> None:
-        async with self._guard():
+        async with self.guard():
+            if self.cluster:  # SCRIPT LOAD goes to every primary only when sent on its own
+                await asyncio.gather(
+                    *(self.redis.script_load(script_source(n)) for n in SCRIPT_NAMES)
+                )
+                return
             pipe = self.redis.pipeline(transaction=False)
             for name in SCRIPT_NAMES:
                 pipe.script_load(script_source(name))
             await pipe.execute()
 
     async def ping(self) -> None:
-        async with self._guard():
+        async with self.guard():
             await self.redis.ping()
         await self.load_scripts()
 
@@ -151,19 +192,21 @@ class Store:
         recovery send that message once more."""
         if not entry:
             return
-        self._acks.append(entry)
+        self._acks.setdefault(self.keys.shard(entry), []).append(entry)
         if self._ack_timer is None:
             self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._flush_acks)
 
     def _flush_acks(self) -> None:
         self._ack_timer = None
-        if self._acks:
+        if any(self._acks.values()):
             task = asyncio.get_running_loop().create_task(self.flush_acks())
             task.add_done_callback(_ignore_result)
 
     async def flush_acks(self) -> None:
-        while self._acks:
-            await self._call("ack", [], [])
+        for shard, pending in list(self._acks.items()):
+            while pending:
+                await self._call("ack", [], [], shard)
+                pending = self._acks.get(shard, [])
 
     # -- records -----------------------------------------------------------------------------
 
@@ -182,75 +225,31 @@ class Store:
         groups: list[tuple[list[NewRecord], list[Move]]],
         updates: list[tuple[str, dict[str, str]]] | None = None,
     ) -> list[Answer]:
-        """Several creations (in order: each group's moves, then its records) and kwargs
-        updates, all in one MULTI/EXEC. Returns the adopt answers in order."""
-
-        async def attempt() -> list[Answer]:
-            pipe = self.redis.pipeline(transaction=True)
-            is_move: list[bool] = []
-            for records, moves in groups:
-                for old, new, parent, owner in moves:
-                    args = self._script_args([old, new], [parent, owner])
-                    pipe.evalsha(self._sha["adopt"], 4, *args)
-                    is_move.append(True)
-                for rec in records:
-                    pipe.hset(rec.key, mapping=_marked(rec.fields))
-                    ttl_ms = self._active_ms(rec.fields.get(Field.KIND, Kind.TASK))
-                    pipe.pexpire(rec.key, ttl_ms)
-                    is_move += [False, False, *self._write_members(pipe, rec, ttl_ms)]
-            for key, fields in updates or []:
-                flat = [x for pair in fields.items() for x in pair]
-                pipe.evalsha(self._sha["update_kwargs"], 3, *self._script_args([key], flat))
-            results = await pipe.execute()
-            return [decode(r) for r, m in zip(results, is_move, strict=False) if m]
-
-        async with self._guard():
-            try:
-                return await attempt()
-            except redis_errors.NoScriptError:
-                # Redis restarted since start-up; every command here is safe to send again.
-                await self.load_scripts()
-                return await attempt()
+        """Several creations (each group's moves, then its records) and kwargs updates, one
+        MULTI per shard (see writes.create_many). Returns the adopt answers in order."""
+        return await writes.create_many(self, groups, updates or [])
 
     async def write_raw(self, records: list[NewRecord], forward: dict[str, str]) -> None:
         """Write whole records; delete the keys in ``forward``, leaving a note that points to
-        the new key where one is given (used when moving a subtree under another workflow)."""
-        async with self._guard():
-            pipe = self.redis.pipeline(transaction=True)
-            for old, new in forward.items():
-                # A moved signature leaves a note, so keys handed out earlier still resolve;
-                # the note is short-lived (done TTL) so it never outlives the workflow.
-                pipe.delete(old, *K.sub_keys(old))
-                if new:
-                    pipe.hset(old, mapping={Field.MARK: RECORD_MARK, Field.MOVED: new})
-                    pipe.pexpire(old, int((self.ttl.task.done_ttl or self.ttl.done_ttl) * 1000))
-                    # A waiter listening under the old key looks it up again (see waiting.py).
-                    pipe.publish(self.keys.done_channel(old), f"{old} {Notice.MOVED}")
-            for rec in records:
-                pipe.delete(rec.key)
-                pipe.hset(rec.key, mapping=_marked(rec.fields))
-                ttl_ms = self._active_ms(rec.fields.get(Field.KIND, Kind.TASK))
-                pipe.pexpire(rec.key, ttl_ms)
-                self._write_members(pipe, rec, ttl_ms)
-            await pipe.execute()
+        the new key where one is given (see writes.write_raw)."""
+        await writes.write_raw(self, records, forward)
 
-    @staticmethod
-    def _write_members(pipe: Any, rec: NewRecord, ttl_ms: int) -> list[bool]:
-        """Queue a new swarm's member lists; returns one False per command queued."""
-        if not rec.members:
-            return []
-        # A swarm that has not started yet has every member still waiting for a slot.
-        for sub in (K.members(rec.key), K.queue(rec.key)):
-            pipe.rpush(sub, *rec.members)
-            pipe.pexpire(sub, ttl_ms)
-        return [False] * 4
+    async def reloading(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()``, once more after loading the scripts if Redis had forgotten them (it
+        restarted); every caller's commands are safe to send again."""
+        async with self.guard():
+            try:
+                return await attempt()
+            except redis_errors.NoScriptError:
+                await self.load_scripts()
+                return await attempt()
 
     async def find(self, key: str) -> Record | None:
         """The record under ``key`` (following forwarding notes), or None. NotARecordError for
         a key of another namespace or one that holds something else."""
         for _ in range(MAX_FORWARDS):
             self._check(key)
-            async with self._guard(key):
+            async with self.guard(key):
                 fields = _pairs_from_map(await self.redis.hgetall(key))
             if fields and fields.get(Field.MARK) != RECORD_MARK:
                 raise NotARecordError(key, self.keys.namespace, foreign=False)
@@ -267,7 +266,7 @@ class Store:
         return rec
 
     async def load_many(self, key_list: list[str]) -> list[Record | None]:
-        async with self._guard():
+        async with self.guard():
             pipe = self.redis.pipeline(transaction=False)
             for key in key_list:
                 pipe.hgetall(key)
@@ -277,18 +276,18 @@ class Store:
         ]
 
     async def member_keys(self, key: str) -> list[str]:
-        async with self._guard():
+        async with self.guard():
             return [_s(m) for m in await self.redis.lrange(K.members(key), 0, -1)]
 
     async def set_fields(self, key: str, fields: Mapping[str, str]) -> None:
-        async with self._guard():
+        async with self.guard():
             await self.redis.hset(key, mapping=_mapping(fields))
 
     async def update_kwargs(self, key: str, encoded: dict[str, str]) -> str:
         """Set bound kwargs; returns the key written (after following forwarding notes)."""
         flat = [x for pair in encoded.items() for x in pair]
         for _ in range(MAX_FORWARDS):
-            answer = await self._run("update_kwargs", [key], flat)
+            answer = await self.run_script("update_kwargs", [key], flat)
             if answer.verdict is Verdict.OK:
                 return key
             if answer.verdict is Verdict.MISSING:
@@ -304,11 +303,19 @@ class Store:
         """Claim signature ``key`` of ``task`` for one attempt: V.RUN with its kwargs and model
         (``pairs()``), else why this delivery may not run it (V.WRONG_TASK for a record of
         another task; NotARecordError for a key that is no record of this namespace)."""
-        return await self._run("start_task", [key], [attempt, lease_ms, envelope, task])
+        args: list[Any] = [attempt, lease_ms, envelope, task]
+        answer = await self.run_script("start_task", [key], args)
+        if answer.verdict is Verdict.RATE:
+            # The limiter is in no shard: ask it on its own, then claim with its answer.
+            limiter, rate, slot = answer.detail
+            count, _, period = rate.partition("/")
+            got = await self._call("rate", [limiter], [count, period, slot])
+            answer = await self.run_script("start_task", [key], [*args, *map(_s, got)])
+        return answer
 
     async def finish(self, key: str, outcome: str, value: str, message: str) -> Answer:
         """Record a task's final outcome (V.SKIP when it was not running: a duplicate)."""
-        return await self._run("finish", [key], [outcome, value, message])
+        return await self.run_script("finish", [key], [outcome, value, message])
 
     async def launch(
         self, key: str, envelope: str, delay_ms: int | None = None, at_ms: int | None = None
@@ -316,54 +323,59 @@ class Store:
         """Start ``key`` with ``envelope``; with ``delay_ms`` (from Redis's clock) or ``at_ms``
         (ms since the epoch) its message waits in the delayed index until then."""
         due = ["" if delay_ms is None else delay_ms, "" if at_ms is None else at_ms]
-        return await self._run("launch", [key], [envelope, *due])
+        return await self.run_script("launch", [key], [envelope, *due])
 
     async def start_container(self, key: str, message: str, ret: str) -> Answer:
-        return await self._run("start_container", [key], [message, ret])
+        return await self.run_script("start_container", [key], [message, ret])
 
     async def map_start(self, key: str, message: str, error: str, member_keys: list[str]) -> Answer:
         """Start a map whose members (one per item) were just written; ``error`` fails it."""
-        return await self._run("map_start", [key], [message, error, *member_keys])
+        return await self.run_script("map_start", [key], [message, error, *member_keys])
 
     async def swarm_add(self, key: str, member_keys: list[str], close: bool) -> Answer:
-        return await self._run("swarm_add", [key], ["1" if close else "", *member_keys])
+        return await self.run_script("swarm_add", [key], ["1" if close else "", *member_keys])
 
     async def swarm_close(self, key: str) -> Answer:
-        return await self._run("swarm_close", [key], [])
+        return await self.run_script("swarm_close", [key], [])
 
     async def control(self, key: str, action: Control) -> Answer:
-        return await self._run("control", [key], [action.value])
+        return await self.run_script("control", [key], [action.value])
 
     async def watch(self, key: str) -> Answer:
         """Ask for a done notice for ``key``; V.FINISHED with the record if it already ended."""
-        return await self._run("watch", [key], [])
+        return await self.run_script("watch", [key], [])
 
     async def heartbeat(self, key_list: list[str], lease_ms: int) -> list[str]:
-        """Extend the leases of running tasks; the status of each key, in order."""
-        if not key_list:
-            return []
-        return (await self._run("heartbeat", key_list, [lease_ms])).rest
+        """Extend the leases of running tasks (one call per shard); the status of each key, in
+        order."""
+        status: dict[str, str] = {}
+        for group in self.keys.by_shard(key_list).values():
+            answer = await self.run_script("heartbeat", group, [lease_ms])
+            status.update(zip(group, answer.rest, strict=True))
+        return [status[k] for k in key_list]
 
-    async def recover(self, grace_ms: int, most: int) -> list[Action]:
-        """What to send again: queued messages unsent for ``grace_ms``, and tasks whose lease
-        ran out."""
-        return (await self._run("recover", [], [grace_ms, most])).actions()
+    async def recover(self, shard: Shard, grace_ms: int, most: int) -> list[Action]:
+        """What to send again in ``shard``: queued messages unsent for ``grace_ms``, and tasks
+        whose lease ran out."""
+        return (await self.run_script("recover", [], [grace_ms, most], shard)).actions()
 
-    async def release_due(self, most: int) -> Released:
-        """Queue up to ``most`` waiting messages that are due (release.lua)."""
-        answer = await self._run("release", [], [most])
+    async def release_due(self, shard: Shard, most: int) -> Released:
+        """Queue up to ``most`` waiting messages of ``shard`` that are due (release.lua)."""
+        answer = await self.run_script("release", [], [most], shard)
         head, now, more = answer.detail
         due = int(float(head)) if head else None  # a score, as Redis prints doubles
         return Released(answer.actions(), due, int(now), more == "1")
 
     async def claim_state(self, key: str) -> tuple[str, int, int, int]:
         """(status, attempt, lease end ms, Redis time ms) of a signature."""
-        async with self._guard():
+        async with self.guard():
             pipe = self.redis.pipeline(transaction=False)
             pipe.hmget(key, [Field.STATUS, Field.ATTEMPT])
-            pipe.zscore(self.keys.leases, key)
-            pipe.time()
-            (status, att), lease, (seconds, micros) = await pipe.execute()
+            pipe.zscore(self.keys.shard(key).leases, key)
+            (status, att), lease = await pipe.execute()
+            # On its own: a cluster pipeline takes only commands with keys. (Any node's clock
+            # will do: nodes' clocks differ by far less than a lease.)
+            seconds, micros = await self.redis.time()
         now = int(seconds) * 1000 + int(micros) // 1000
         return _s(status) if status else "", int(att or 0), int(lease or 0), now
 
@@ -372,25 +384,29 @@ class Store:
         delivery may take the claim over at once."""
         if key_list:
             # Expired, not removed: a run that is not claimed again stays visible to recovery.
-            async with self._guard():
-                await self.redis.zadd(self.keys.leases, dict.fromkeys(key_list, 0))
+            async with self.guard():
+                for shard, group in self.keys.by_shard(key_list).items():
+                    await self.redis.zadd(shard.leases, dict.fromkeys(group, 0))
 
     async def outbox_size(self) -> int:
-        async with self._guard():
-            return int(await self.redis.zcard(self.keys.outbox))
+        async with self.guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for shard in self.keys.all_shards:
+                pipe.zcard(shard.outbox)
+            return sum(int(n) for n in await pipe.execute())
 
     async def cached(self, owner: str, index: int) -> str | None:
         """The signature a durable task's earlier attempt created at ``index``, if any."""
-        async with self._guard():
+        async with self.guard():
             value = await self.redis.lindex(K.cache(owner), index)
         return _s(value) if value is not None else None
 
     async def remember(self, owner: str, key: str) -> None:
         """Append ``key`` to the durable task ``owner``'s retry cache."""
-        async with self._guard():
+        async with self.guard():
             pipe = self.redis.pipeline(transaction=True)
             pipe.rpush(K.cache(owner), key)
-            pipe.pexpire(K.cache(owner), self._active_ms(Kind.TASK))
+            pipe.pexpire(K.cache(owner), self.active_ms(Kind.TASK))
             pipe.hset(owner, Field.CACHE, "1")  # so the owner's TTL changes carry the cache along
             await pipe.execute()
 
@@ -400,29 +416,30 @@ class Store:
         """Make queued outbox ``entries`` due now: the next recovery round of any process sends
         them (for a caller with no engine to send them itself, such as the command line)."""
         if entries:
-            async with self._guard():
-                await self.redis.zadd(self.keys.outbox, dict.fromkeys(entries, 0), xx=True)
+            async with self.guard():
+                for shard, group in self.keys.by_shard(entries).items():
+                    await self.redis.zadd(shard.outbox, dict.fromkeys(group, 0), xx=True)
 
     async def announce(self, worker: str, presence: str, ttl_ms: int) -> None:
         """Publish this process's presence (``mageflow workers``); the hash lives ``ttl_ms``
         past the last announcement of any process."""
-        async with self._guard():
+        async with self.guard():
             pipe = self.redis.pipeline(transaction=True)
             pipe.hset(self.keys.workers, worker, presence)
             pipe.pexpire(self.keys.workers, ttl_ms)
             await pipe.execute()
 
     async def retire(self, worker: str) -> None:
-        async with self._guard():
+        async with self.guard():
             await self.redis.hdel(self.keys.workers, worker)
 
     async def register_tasks(self, entries: dict[str, str]) -> None:
         if entries:
-            async with self._guard():
+            async with self.guard():
                 await self.redis.hset(self.keys.registry, mapping=_mapping(entries))
 
     async def registry(self) -> dict[str, str]:
-        async with self._guard():
+        async with self.guard():
             return _pairs_from_map(await self.redis.hgetall(self.keys.registry))
 
 
@@ -438,11 +455,6 @@ class Released:
 
 def _pairs_from_map(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {_s(k): _s(v) for k, v in raw.items()}
-
-
-def _marked(fields: Mapping[str, str]) -> Any:
-    """A new record's fields with the record marker the scripts look for."""
-    return {**fields, Field.MARK: RECORD_MARK}
 
 
 def _mapping(fields: Mapping[str, str]) -> Any:

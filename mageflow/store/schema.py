@@ -202,6 +202,7 @@ class Verdict(StrEnum):
     NOT_RECORD = "not_record"  # any script: the key holds something that is not a record
     WRONG_TASK = "wrong_task"  # start_task: the record is of another task (detail: that task)
     DEFERRED = "deferred"  # start_task: not due yet (a delay or a rate limit); detail: due ms
+    RATE = "rate"  # start_task: ask the rate limiter first (details: limiter key, rate, slot)
 
 
 class PoisonReason(StrEnum):

@@ -7,17 +7,7 @@ import json
 from functools import cache
 from importlib import resources
 
-from mageflow.store.keys import (
-    DELAYED_SUFFIX,
-    DONE_SEGMENT,
-    ENDED_SUFFIX,
-    EXPIRY_SUFFIX,
-    OUTBOX_SUFFIX,
-    RATE_SEGMENT,
-    SIG_SEGMENT,
-    WAKE_SUFFIX,
-    WORKFLOWS_SUFFIX,
-)
+from mageflow.store.keys import DONE_SEGMENT, OUTBOX_SUFFIX, RATE_SEGMENT, SIG_SEGMENT, WAKE_SUFFIX
 from mageflow.store.schema import RECORD_MARK, lua_constants
 
 #: The shared prelude, in order: records, TTLs and the outbox; then the completion path.
@@ -39,7 +29,10 @@ SCRIPT_NAMES = (
     "watch",
     "ack",
     "release",
+    "rate",
 )
+#: Scripts that run on their own, without the prelude and the shard's index keys.
+STANDALONE = frozenset({"rate"})
 
 
 def _read(name: str) -> str:
@@ -51,11 +44,9 @@ def generated_prelude() -> str:
         "SIG": SIG_SEGMENT,
         "DONE": DONE_SEGMENT,
         "OUTBOX": OUTBOX_SUFFIX,
-        "WORKFLOWS": WORKFLOWS_SUFFIX,
-        "ENDED": ENDED_SUFFIX,
-        "EXPIRY": EXPIRY_SUFFIX,
+        "WAKE": WAKE_SUFFIX,
+        "RATE": RATE_SEGMENT,
     }
-    segments |= {"DELAYED": DELAYED_SUFFIX, "WAKE": WAKE_SUFFIX, "RATE": RATE_SEGMENT}
     body = ", ".join(f"{k}={json.dumps(v)}" for k, v in segments.items())
     mark = f"local RECORD_MARK = {json.dumps(RECORD_MARK)}"
     return "\n".join([lua_constants(), f"local SEG = {{{body}}}", mark])
@@ -65,4 +56,6 @@ def generated_prelude() -> str:
 def script_source(name: str) -> str:
     if name not in SCRIPT_NAMES:
         raise KeyError(name)
+    if name in STANDALONE:
+        return _read(name)
     return "\n".join([generated_prelude(), *(_read(part) for part in PRELUDE), _read(name)])

@@ -57,7 +57,7 @@ def broker_from_env() -> AsyncBroker:
     return make_broker(
         os.environ["MFT_BROKER"],
         os.environ["MFT_QUEUE"],
-        os.environ["MFT_REDIS_URL"],
+        os.environ.get("MFT_BROKER_URL") or os.environ["MFT_REDIS_URL"],
         idle_ms=int(os.environ.get("MFT_IDLE_MS", "600000")),
         qos=int(os.environ.get("MFT_CONCURRENCY", "20")),
         xread_count=int(os.environ.get("MFT_XREAD_COUNT", "4")),

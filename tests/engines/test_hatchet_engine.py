@@ -323,7 +323,7 @@ async def test_running_tasks_keep_their_lease(
     async def long(msg: Item) -> None:
         for _ in range(6):
             await asyncio.sleep(0.15)
-            leases.append(int(sync_redis.zscore(f"{namespace}:leases", sig.key) or 0))
+            leases.append(int(sync_redis.zscore(client.keys.shard(sig.key).leases, sig.key) or 0))
 
     try:
         sig = await client.sign("long")

@@ -35,6 +35,7 @@ from mageflow import (
     UnknownTaskError,
 )
 from mageflow.engines.taskiq import TaskiqEngine
+from tests.conftest import sync_client
 
 HERE = Path(__file__).parent
 APP = "taskiq_app:mf"
@@ -50,18 +51,23 @@ class Cluster:
         kind: str,
         tmp: Path,
         *,
+        broker_url: str = "",
         lease: float = 30.0,
         idle_ms: int = 600_000,
         xread_count: int = 4,
     ) -> None:
+        # The workflow state on redis_url (a Redis Cluster in the cluster run), the broker's
+        # stream on broker_url (always a single Redis).
         self.redis_url, self.kind, self.tmp = redis_url, kind, tmp
+        self.broker_url = broker_url or redis_url
         self.lease, self.idle_ms, self.xread_count = lease, idle_ms, xread_count
         uid = uuid.uuid4().hex[:10]
         self.namespace = f"mftest-tq-{uid}"
         self.queue = f"mftest-tq-{uid}-queue"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: dict[int, Path] = {}
-        self.sync = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.sync = sync_client(redis_url)
+        self.broker = redis.Redis.from_url(self.broker_url, decode_responses=True)
 
     def env(self, concurrency: int = 20) -> dict[str, str]:
         return {
@@ -69,6 +75,7 @@ class Cluster:
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
             "MFT_NAMESPACE": self.namespace,
             "MFT_REDIS_URL": self.redis_url,
+            "MFT_BROKER_URL": self.broker_url,
             "MFT_BROKER": self.kind,
             "MFT_QUEUE": self.queue,
             "MFT_LEASE": str(self.lease),
@@ -115,7 +122,7 @@ class Cluster:
         proc.wait(10)
 
     def producer(self) -> Mageflow:
-        broker = make_broker(self.kind, self.queue, self.redis_url, idle_ms=self.idle_ms)
+        broker = make_broker(self.kind, self.queue, self.broker_url, idle_ms=self.idle_ms)
         config = MageflowConfig(namespace=self.namespace, lease_seconds=self.lease)
         return Mageflow(broker, self.redis_url, config=config)
 
@@ -127,7 +134,7 @@ class Cluster:
 
     def pending(self) -> int:
         """Messages of the stream delivered to a worker and not acknowledged yet."""
-        return int(self.sync.xpending(self.queue, f"{self.queue}-workers")["pending"])
+        return int(self.broker.xpending(self.queue, f"{self.queue}-workers")["pending"])
 
     async def close(self) -> None:
         for proc in self.procs:
@@ -135,8 +142,11 @@ class Cluster:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         keys = list(self.sync.scan_iter(f"{self.namespace}:*", count=1000))
-        self.sync.delete(*keys, self.queue, f"autoclaim:{self.queue}-workers:{self.queue}")
+        if keys:
+            self.sync.delete(*keys)
+        self.broker.delete(self.queue, f"autoclaim:{self.queue}-workers:{self.queue}")
         self.sync.close()
+        self.broker.close()
         if self.kind == "amqp":
             await _delete_amqp(self.queue)
 
@@ -160,11 +170,13 @@ async def _delete_amqp(queue: str) -> None:
 
 
 @pytest.fixture
-async def clusters(redis_url: str, tmp_path: Path) -> AsyncIterator[Callable[..., Cluster]]:
+async def clusters(
+    redis_url: str, broker_url: str, tmp_path: Path
+) -> AsyncIterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
     def make(kind: str = "stream", **kwargs: Any) -> Cluster:
-        made.append(Cluster(redis_url, kind, tmp_path, **kwargs))
+        made.append(Cluster(redis_url, kind, tmp_path, broker_url=broker_url, **kwargs))
         return made[-1]
 
     yield make
@@ -372,10 +384,10 @@ async def test_swarm_completes_after_a_worker_is_killed(clusters: Callable[..., 
     await until(lambda: cluster.pending() == 0, 30, "every message acknowledged")
     written = len(members) * 2 + 1  # at least: each member, each callback, the swarm callback
     # Trimming is approximate (whole stream nodes of 100 entries): the last node may stay.
-    await until(lambda: cluster.sync.xlen(cluster.queue) < 150, 30, "the read stream trimmed")
+    await until(lambda: cluster.broker.xlen(cluster.queue) < 150, 30, "the read stream trimmed")
     assert survivor.poll() is None
     print(
-        f"\nstream trimmed from {written}+ entries to {cluster.sync.xlen(cluster.queue)}; "
+        f"\nstream trimmed from {written}+ entries to {cluster.broker.xlen(cluster.queue)}; "
         f"swarm of {size}: {elapsed:.1f} s, {len(rerun)} re-run after the kill "
         f"(recovered {time.monotonic() - killed_at:.1f} s after it)"
     )
@@ -393,7 +405,7 @@ async def stuck_report(cluster: Cluster, mf: Mageflow, swarm: str, members: list
     }
     stream = {
         "pending": cluster.pending(),
-        "length": cluster.sync.xlen(cluster.queue),
+        "length": cluster.broker.xlen(cluster.queue),
         "queued members": cluster.sync.llen(f"{swarm}:queue"),
     }
     return (
@@ -554,7 +566,7 @@ async def test_worker_runs_in_the_callers_event_loop(clusters: Callable[..., Clu
         await until(lambda: cluster.sync.hget(sig.key, "st") == "active", 10, "nap to start")
         await asyncio.sleep(1.2)  # beyond the 0.5 s lease: only heartbeats keep it alive
         seconds, micros = cluster.sync.time()
-        lease = cluster.sync.zscore(mf.keys.leases, sig.key)
+        lease = cluster.sync.zscore(mf.keys.shard(sig.key).leases, sig.key)
         assert int(lease or 0) > seconds * 1000 + micros // 1000
         assert await sig.aresult(timeout=30) == 3
     finally:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,9 @@ from faults_brokers import group_of, make_broker
 from taskiq.labels import prepare_label
 
 from mageflow import Mageflow, MageflowConfig
+from mageflow.store.connect import shard_count
 from mageflow.store.embedded import find_redis_server
+from mageflow.store.keys import KeySchema
 
 HERE = Path(__file__).parent
 APP = "faults_app:mf"
@@ -56,10 +58,13 @@ async def until(check: Callable[[], Awaitable[bool] | bool], timeout: float, wha
 class RedisServer:
     """One private ``redis-server`` on 127.0.0.1:<port>, persisted in ``dir`` by AOF only."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(
+        self, root: Path, name: str, *, port: int | None = None, extra_args: Sequence[str] = ()
+    ) -> None:
         self.name = name
         self.dir = root / name
-        self.port = free_port()
+        self.port = port or free_port()
+        self.extra_args = list(extra_args)  # more redis-server options (the cluster tests' own)
         self.proc: subprocess.Popen[bytes] | None = None
         self.binary = shutil.which("redis-server") or find_redis_server()
 
@@ -76,7 +81,7 @@ class RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec"]
         args += ["--save", "", "--auto-aof-rewrite-percentage", "0", "--protected-mode", "no"]
-        args += ["--logfile", str(self.dir / "redis.log"), "--daemonize", "no"]
+        args += ["--logfile", str(self.dir / "redis.log"), "--daemonize", "no", *self.extra_args]
         self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
@@ -284,9 +289,10 @@ class FaultCluster:
     def indexes(self) -> dict[str, int]:
         """Entries left in the outbox (unsent or unclaimed messages) and the lease index."""
         with self.state.client() as r:
+            shards = KeySchema(self.namespace, shard_count(r, None)).all_shards
             return {
-                "outbox": int(r.zcard(f"{self.namespace}:outbox")),
-                "leases": int(r.zcard(f"{self.namespace}:leases")),
+                "outbox": sum(int(r.zcard(s.outbox)) for s in shards),
+                "leases": sum(int(r.zcard(s.leases)) for s in shards),
             }
 
     def xadd(self, fields: dict[str, str | bytes]) -> str:

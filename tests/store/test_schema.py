@@ -88,7 +88,7 @@ def test_every_script_compiles_and_answers_in_the_schema_form(sync_redis: redis.
     for name in ("finish", "launch", "start_container", "swarm_close", "watch", "start_task"):
         args = {"start_task": [0, 1000, "{}"], "launch": ["{}"], "start_container": ["{}", ""]}
         raw = sync_redis.eval(
-            script_source(name), 3, *keys.indexes, missing, "1,1,1", "1,1,1", "",
+            script_source(name), 7, *keys.shard(missing).indexes, missing, "1,1,1", "1,1,1", "",
             *args.get(name, ["done", "null", ""] if name == "finish" else []),
         )  # fmt: skip
         answer = decode(raw)

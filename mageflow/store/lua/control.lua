@@ -1,12 +1,12 @@
 -- Lifecycle control of a signature and, for chains and swarms, everything inside it.
--- KEYS[3] signature. ARGV[4] action: suspend | interrupt | resume | cancel.
+-- KEY[1] signature. ARGV[4] action: suspend | interrupt | resume | cancel.
 -- Answers V.OK with actions, or a refusal: V.MISSING, V.INVALID status (not allowed from this
 -- status), V.RUNNING status (suspend of a task that already runs), V.ORPHAN status own-status.
 --   suspend   graceful: what has not started will not start; running tasks finish
 --   interrupt aggressive: running tasks are stopped too
 --   resume    sends again exactly what was stopped or parked; finished work is not redone
 --   cancel    stops everything for good and tells the parent container
-local root, action = KEYS[3], ARGV[4]
+local root, action = KEY[1], ARGV[4]
 local refused = guard()
 if refused then return refused end
 

@@ -1,7 +1,7 @@
--- A task ended (after its last attempt). KEYS[3] signature. ARGV[4] outcome (done | failed),
+-- A task ended (after its last attempt). KEY[1] signature. ARGV[4] outcome (done | failed),
 -- ARGV[5] result or error json, ARGV[6] the task's message json (for error callbacks).
 -- Only the first finish of an active signature counts; a duplicate answers V.SKIP, status.
-local key = KEYS[3]
+local key = KEY[1]
 local refused = guard()
 if refused then return refused end
 local f = redis.call('HMGET', key, unpack(FINAL_FIELDS))

@@ -1,11 +1,11 @@
--- Start a signature with a message (aio_run_no_wait). KEYS[3] signature, ARGV[4] envelope json.
+-- Start a signature with a message (aio_run_no_wait). KEY[1] signature, ARGV[4] envelope json.
 -- A pending one is queued in the outbox; a paused one keeps the message for resume (V.PARKED);
 -- one started before answers V.LAUNCHED; else V.INVALID with its status, or V.MOVED, V.MISSING.
 -- A root (no parent, no owner) is a workflow: it goes into the running workflows' index by its
 -- creation time (finalize moves it to the ended index).
 -- ARGV[5] a delay (ms) or ARGV[6] a due time (ms since the epoch), '' for none: the message waits
 -- until then (one in the past is due at once), instead of any delay the signature was signed with.
-local key = KEYS[3]
+local key = KEY[1]
 local refused = guard()
 if refused then return refused end
 local f = redis.call('HMGET', key, F.STATUS, F.ENVELOPE, F.MOVED, F.PARENT, F.OWNER, F.CREATED)

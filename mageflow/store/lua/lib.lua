@@ -1,13 +1,18 @@
 -- Shared prelude of every transition script. Before it come the constants generated from
 -- store/schema.py and store/keys.py (F fields, ST statuses, KIND, ACT, V verdicts, SUB, SEG).
 -- Convention for every script:
---   KEYS[1] the outbox index, KEYS[2] the lease index, KEYS[3..] the script's own keys;
+--   KEYS[1..6] the indexes of the shard the script's records are in (store/keys.py Shard: outbox,
+--   leases, running and ended workflows, their expiry, delayed messages), KEYS[7..] the script's
+--   own keys, which scripts read as KEY[1..]; all of one Redis Cluster slot;
 --   ARGV[1] active TTLs and ARGV[2] done TTLs (ms, "task,chain,swarm"); ARGV[3] outbox entries a
 --   sender has delivered (space separated, or ''); ARGV[4..] the script's own arguments.
 -- Every script answers {verdict, detail1, detail2, detail3, rest...}; the rest is a flat list of
 -- actions, 6 strings each (kind, key, target kind, task, payload, outbox entry), decoded by
 -- schema.Answer.
-local OUTBOX, LEASES = KEYS[1], KEYS[2]
+local OUTBOX, LEASES, WORKFLOWS, ENDED_WORKFLOWS, WORKFLOW_EXPIRY, DELAYED =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local KEY = {}
+for i = 7, #KEYS do KEY[i - 6] = KEYS[i] end
 
 local function ttl_table(raw)
   local t, kinds, i = {}, {KIND.TASK, KIND.CHAIN, KIND.SWARM}, 1
@@ -60,13 +65,8 @@ end
 -- Only records of this namespace are touched: a script's own keys must be signature keys under
 -- the namespace of its outbox, and an existing one must be a hash carrying the record marker.
 -- A key refused here was not written to.
-local NAMESPACE = string.sub(OUTBOX, 1, #OUTBOX - #SEG.OUTBOX)
+local NAMESPACE = string.match(OUTBOX, '^(.*)' .. SEG.OUTBOX .. ':{[^}]*}$') or ''
 local SIG_PREFIX = NAMESPACE .. SEG.SIG .. '{'
--- The workflow indexes (what `mageflow ls` reads). Derived from the namespace like the prefix
--- above; Redis Cluster support will have to pass them as keys.
-local WORKFLOWS = NAMESPACE .. SEG.WORKFLOWS
-local ENDED_WORKFLOWS = NAMESPACE .. SEG.ENDED
-local WORKFLOW_EXPIRY = NAMESPACE .. SEG.EXPIRY
 local function refusal(key)
   if string.sub(key, 1, #SIG_PREFIX) ~= SIG_PREFIX then return V.FOREIGN end
   local mark = redis.pcall('HGET', key, F.MARK)
@@ -95,11 +95,11 @@ local function answer(verdict, d1, d2, d3)
   return answer_with(verdict, d1, d2, d3, actions)
 end
 
--- The refusal answer for the first of KEYS[3..] that is not a record of this namespace, or nil.
+-- The refusal answer for the first of KEY[1..] that is not a record of this namespace, or nil.
 local function guard()
-  for i = 3, #KEYS do
-    local why = refusal(KEYS[i])
-    if why then return answer_with(why, KEYS[i], '', '', {}) end
+  for i = 1, #KEY do
+    local why = refusal(KEY[i])
+    if why then return answer_with(why, KEY[i], '', '', {}) end
   end
   return nil
 end
@@ -270,11 +270,10 @@ local function queue_now(key, env, kind, task)
 end
 
 -- Scheduling (delays, rate limits). A message that must wait is kept on its record like a parked
--- one, and the namespace's delayed index holds "<key>@<due ms>" -> due; release.lua queues it
--- once due, and a wake notice tells sleeping schedulers (recovery.py) to look at the index head.
--- Like SIG_PREFIX, the index and channel are named from the outbox key's namespace prefix; they
--- are in no workflow's hash slot, so Redis Cluster support will have to pass them as KEYS.
-local DELAYED, WAKE = NAMESPACE .. SEG.DELAYED, NAMESPACE .. SEG.WAKE
+-- one, and the shard's delayed index (DELAYED) holds "<key>@<due ms>" -> due; release.lua queues
+-- it once due, and a wake notice tells sleeping schedulers (recovery.py) to look at the index
+-- heads. The channel is no key: Redis Cluster broadcasts it to every node.
+local WAKE = NAMESPACE .. SEG.WAKE
 
 local function ms_text(ms)
   return string.format('%d', math.floor(ms))

@@ -1,19 +1,21 @@
 -- A worker received a task message: decide whether this delivery runs it, atomically.
--- KEYS[3] signature. ARGV[4] attempt number, ARGV[5] lease (ms), ARGV[6] the message envelope,
--- ARGV[7] the task the message is for (a record of another task answers V.WRONG_TASK).
--- Answers V.RUN with the kwarg and model fields the run needs; V.BUSY (a live holder runs this
+-- KEY[1] signature. ARGV[4] attempt number, ARGV[5] lease (ms), ARGV[6] the message envelope,
+-- ARGV[7] the task the message is for (a record of another task answers V.WRONG_TASK); ARGV[8]
+-- and ARGV[9] the rate limiter's answer, when asked (see below).
+-- Answers V.RUN with the kwarg and model fields the run needs; V.RATE (ask the limiter); V.BUSY (a live holder runs this
 -- attempt); V.MISSING; or V.STATUS with the status that forbids running (a paused signature
 -- keeps the message for resume); V.DEFERRED with the due time (ms) when a pending signature may
 -- not start yet (its delay is not served, or its rate limit's slot has not come): the message
 -- then waits in the delayed index, and this delivery has nothing to do (it is not an attempt).
 
--- Rate limits. A limiter is a hash per task (or per value of its per-key field): RL_LAST holds
--- the last start slot it reserved; the fields 0..count-1 are a ring of the last `count` start
--- times, RL_POS the oldest of them. A pending signature reserves once (kept in F.SLOT, so a
--- duplicate delivery reuses it): slot = max(last + interval, now), so waiting work starts in
--- reservation order and never early. Slots alone would let starts bunch when some are released
--- late, so the ring also holds every start to at most `count` in any `period`.
-local RL_LAST, RL_POS = 'tat', 'pos'
+-- Rate limits. A limiter is a hash per task (or per value of its per-key field) that lives in no
+-- shard, so it is asked in a call of its own (rate.lua) between two calls of this script: the
+-- first answers V.RATE with the limiter's key, the rate and the slot this signature reserved
+-- earlier (kept in F.SLOT, so a duplicate delivery reuses it); the second brings the limiter's
+-- answer in ARGV[8]: 'go' with the grant's time in ARGV[9], or the time to wait for with the slot
+-- in ARGV[9]. The limiter counted the start at its grant, so that moment is the run's start time
+-- (F.STARTED): the claim follows it within a round trip, and the starts the limiter counted are
+-- the ones the records show.
 
 -- The per-key value as text: a bound kwarg, else the message's input field (decoded only here,
 -- and only for a task limited per key); '' when the message has none. A long value (a document)
@@ -42,53 +44,32 @@ local function limiter_of(rec, env)
   return name
 end
 
--- When a rate-limited pending signature may start: nil for now (the start is counted), or the
--- time it waits for (its slot, or the end of a full window).
-local function rate_wait(key, rec, env, now)
-  local count, period = string.match(rec[F.RATE], '^(%d+)/(%d+)$')
-  count, period = tonumber(count), tonumber(period)
-  if not count or count < 1 then return nil end
-  local interval = math.ceil(period / count)
-  local limiter = limiter_of(rec, env)
-  local l = redis.call('HMGET', limiter, RL_LAST, RL_POS)
-  local last, pos = tonumber(l[1] or ''), tonumber(l[2] or '0')
-  local slot = tonumber(rec[F.SLOT] or '')
-  if not slot then
-    slot = now
-    if last and last + interval > now then slot = last + interval end
-    last = slot
-    redis.call('HSET', limiter, RL_LAST, ms_text(last))
-    redis.call('HSET', key, F.SLOT, ms_text(slot))
-  end
-  -- The limiter outlives its last reservation by a window, then has nothing left to say.
-  redis.call('PEXPIRE', limiter, math.ceil(math.max((last or now) - now, 0) + period + interval))
-  local wait = nil
-  if slot > now then
-    wait = slot
-  else
-    local oldest = tonumber(redis.call('HGET', limiter, tostring(pos)) or '')
-    if oldest and oldest + period > now then wait = oldest + period end
-  end
-  if wait then return wait end
-  redis.call('HSET', limiter, tostring(pos), ms_text(now), RL_POS, (pos + 1) % count)
-  redis.call('HDEL', key, F.SLOT)
-  return nil
-end
-
 -- A pending signature that may not start yet: its message goes (back) to the delayed index.
+-- Answers the due time it waits for, RATE_FIRST when the limiter must be asked, or nil (it may
+-- start; `granted` then holds the limiter's grant time, if any).
+local RATE_FIRST = -1
+local granted = nil
 local function hold_back(key, rec, env, now)
   local due = tonumber(rec[F.DUE] or '')
   local wait = nil
   if due and due > now then
     wait = due
   elseif rec[F.RATE] then
-    wait = rate_wait(key, rec, env, now)
+    local said = ARGV[8] or ''
+    if said == '' then return RATE_FIRST end
+    if said == 'go' then
+      redis.call('HDEL', key, F.SLOT)
+      granted = ARGV[9]
+    else
+      wait = tonumber(said)
+      redis.call('HSET', key, F.SLOT, ARGV[9])
+    end
   end
   if wait then schedule(key, env, wait, KIND.TASK) end
   return wait
 end
 
-local key = KEYS[3]
+local key = KEY[1]
 local refused = guard()
 if refused then return refused end
 local all = redis.call('HGETALL', key)
@@ -118,15 +99,19 @@ elseif st ~= ST.PENDING then
   return answer(V.STATUS, st)
 end
 if st == ST.PENDING then
-  local wait = hold_back(key, rec, rec[F.ENVELOPE] or ARGV[6], now)
+  local env = rec[F.ENVELOPE] or ARGV[6]
+  local wait = hold_back(key, rec, env, now)
+  if wait == RATE_FIRST then return answer(V.RATE, limiter_of(rec, env), rec[F.RATE], rec[F.SLOT]) end
   if wait then return answer(V.DEFERRED, ms_text(wait)) end
 end
 -- The claim is the delivery's receipt: the outbox entry is done with.
 if rec[F.OUTBOX_ENTRY] then redis.call('ZREM', OUTBOX, outbox_entry(key, rec[F.OUTBOX_ENTRY])) end
+local started = granted or now
 if rec[F.ENVELOPE] then
-  redis.call('HSET', key, F.STATUS, ST.ACTIVE, F.ATTEMPT, attempt, F.STARTED, now)
+  redis.call('HSET', key, F.STATUS, ST.ACTIVE, F.ATTEMPT, attempt, F.STARTED, started)
 else  -- sent by something other than a transition (a test, a mock run): keep it for recovery
-  redis.call('HSET', key, F.STATUS, ST.ACTIVE, F.ATTEMPT, attempt, F.STARTED, now, F.ENVELOPE, ARGV[6])
+  redis.call('HSET', key, F.STATUS, ST.ACTIVE, F.ATTEMPT, attempt, F.STARTED, started,
+    F.ENVELOPE, ARGV[6])
 end
 redis.call('ZADD', LEASES, now + tonumber(ARGV[5]), key)
 keep_index(LEASES)

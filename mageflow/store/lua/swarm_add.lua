@@ -1,8 +1,8 @@
--- Add members (already written, with parent = this swarm) to a swarm. KEYS[3] swarm.
+-- Add members (already written, with parent = this swarm) to a swarm. KEY[1] swarm.
 -- ARGV[4] '1' to close the swarm in the same step, or ''; ARGV[5..] member keys in order.
 -- Refusals (nothing added; the caller removes what it created): V.CLOSED, V.FULL limit,
 -- V.MISSING, V.FINISHED status.
-local key = KEYS[3]
+local key = KEY[1]
 local refused = guard()
 if refused then return refused end
 local c = load_container(key)

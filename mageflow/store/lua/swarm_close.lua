@@ -1,6 +1,6 @@
 -- Close a swarm: no more members. A running swarm whose members all finished completes now.
--- KEYS[3] swarm.
-local key = KEYS[3]
+-- KEY[1] swarm.
+local key = KEY[1]
 local refused = guard()
 if refused then return refused end
 local c = load_container(key)

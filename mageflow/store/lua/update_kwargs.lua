@@ -1,6 +1,6 @@
--- Set bound kwargs on an existing signature. KEYS[3] signature. ARGV[4..] field/json pairs
+-- Set bound kwargs on an existing signature. KEY[1] signature. ARGV[4..] field/json pairs
 -- (fields already 'k:<name>'). Answers V.OK, V.MOVED key or V.MISSING.
-local key = KEYS[3]
+local key = KEY[1]
 local refused = guard()
 if refused then return refused end
 local f = redis.call('HMGET', key, F.STATUS, F.MOVED)

@@ -1,7 +1,7 @@
--- Ask for a notice when KEYS[3] ends. Answers V.FINISHED with its status and the whole record
+-- Ask for a notice when KEY[1] ends. Answers V.FINISHED with its status and the whole record
 -- when it has ended already; else sets the waited flag and answers V.OK (or V.MOVED, V.MISSING).
 -- Setting the flag and reading the status in one step leaves no gap for a finish to slip through.
-local key = KEYS[3]
+local key = KEY[1]
 local refused = guard()
 if refused then return refused end
 local f = redis.call('HMGET', key, F.STATUS, F.MOVED)
