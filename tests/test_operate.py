@@ -43,7 +43,8 @@ async def gates(mf: Mageflow) -> AsyncIterator[Gates]:
 
 async def cli(*args: str) -> Result:
     """``mageflow ARGS`` in a thread; the test's loop keeps running the app meanwhile."""
-    return await asyncio.to_thread(runner.invoke, app, list(args))
+    # A wide terminal, so rich never folds a key across two lines of a table.
+    return await asyncio.to_thread(runner.invoke, app, list(args), env={"COLUMNS": "200"})
 
 
 async def cli_json(*args: str) -> Any:
