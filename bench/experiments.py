@@ -7,8 +7,11 @@ one success callback) ``--runs`` times, each on a fresh private ``redis-server``
 persistence, stopped by its pid), and reports the median. mageflow's files are never changed:
 a case patches a class of the running process only, for the length of the case.
 
-- ``baseline``: mageflow as it is; also counts the pipelines the ``ScriptBatcher`` sends (how
-  many EVALSHAs each carries) and the client CPU per script call;
+- ``stream``: mageflow as it is: on a single Redis the store streams its script calls over one
+  connection (``mageflow/store/streaming.py``);
+- ``baseline``: the store made to batch instead (``Store.stream_calls = False``, what mageflow
+  did before the stream and still does on a cluster); also counts the pipelines the
+  ``ScriptBatcher`` sends (how many EVALSHAs each carries). The two cases below batch too;
 - ``two-in-flight``: the batcher may send a second pipeline while the first is unanswered (what
   overlapping the client's work with Redis's would give; answers of one pipeline still come in
   order, but two pipelines may be answered out of order, which mageflow does not allow today);
@@ -18,7 +21,7 @@ a case patches a class of the running process only, for the length of the case.
 - ``evalsha-only``: not a swarm: 20,000 calls of a script that only returns, from 50 callers at
   once through mageflow's ``ScriptBatcher``, with the arguments a ``finish`` call carries (two
   TTL lists, the outbox acks, a 60-byte result): client CPU per script call with no mageflow
-  logic around it.
+  logic around it; ``evalsha-stream`` the same through the ``ScriptStream``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from bench.mf_app import embedded_client
 from bench.servers import RedisServer
 from bench.wiring import Wiring
 from mageflow.store import batching
+from mageflow.store.redis_store import Store
+from mageflow.store.streaming import ScriptStream
 
 
 @contextmanager
@@ -58,6 +63,16 @@ def counting_pipelines(sizes: Counter[int]) -> Iterator[None]:
         yield
     finally:
         batching.ScriptBatcher._send = original  # type: ignore[method-assign]
+
+
+@contextmanager
+def batching_only() -> Iterator[None]:
+    """The store batches its script calls, as it did before streaming (and does on a cluster)."""
+    Store.stream_calls = False
+    try:
+        yield
+    finally:
+        Store.stream_calls = True
 
 
 @contextmanager
@@ -97,10 +112,13 @@ async def one_swarm(url: str, members: int) -> dict[str, float]:
     return {"tasks_per_s": (members + 1) / took, "client_cpu_us": 1e6 * cpu / (members + 1)}
 
 
-async def evalsha_only(url: str, calls: int = 20_000, callers: int = 50) -> dict[str, float]:
+async def evalsha_only(
+    url: str, calls: int = 20_000, callers: int = 50, stream: bool = False
+) -> dict[str, float]:
     client = aioredis.Redis.from_url(url)
     sha = await client.script_load("return 1")
-    batcher = batching.ScriptBatcher(client, lambda: asyncio.sleep(0))
+    kind = ScriptStream if stream else batching.ScriptBatcher
+    batcher = kind(client, lambda: asyncio.sleep(0))
     ttl = "86400000,86400000,86400000"
     args = ["bench:outbox", "bench:leases", "bench:sig:{abc}:def", ttl, ttl, "", "done", "x" * 60]
 
@@ -111,6 +129,7 @@ async def evalsha_only(url: str, calls: int = 20_000, callers: int = 50) -> dict
     cpu, t0 = time.process_time(), clock()
     await asyncio.gather(*(caller(calls // callers) for _ in range(callers)))
     took, cpu = clock() - t0, time.process_time() - cpu
+    await batcher.aclose()
     await client.aclose()
     return {"calls_per_s": calls / took, "client_cpu_us_per_call": 1e6 * cpu / calls}
 
@@ -136,8 +155,12 @@ def main() -> None:
     procs.install_cleanup()
     workdir = Path(tempfile.mkdtemp(prefix="mageflow-experiments-"))
     try:
+        rows = [
+            on_fresh_server(workdir, lambda u: one_swarm(u, args.members)) for _ in range(args.runs)
+        ]
+        print(f"stream         {median_of(rows)}")
         sizes: Counter[int] = Counter()
-        with counting_pipelines(sizes):
+        with batching_only(), counting_pipelines(sizes):
             base = [
                 on_fresh_server(workdir, lambda u: one_swarm(u, args.members))
                 for _ in range(args.runs)
@@ -152,7 +175,7 @@ def main() -> None:
             f"{sizes.most_common(8)}"
         )
         for name, flying, batch in (("two-in-flight", 2, batching.MAX_BATCH), ("split", 5, 10)):
-            with in_flight(flying, batch):
+            with batching_only(), in_flight(flying, batch):
                 rows = [
                     on_fresh_server(workdir, lambda u: one_swarm(u, args.members))
                     for _ in range(args.runs)
@@ -160,6 +183,11 @@ def main() -> None:
             print(f"{name:14} {median_of(rows)}")
         only = [on_fresh_server(workdir, evalsha_only) for _ in range(args.runs)]
         print(f"evalsha-only   {median_of(only)}")
+        streamed = [
+            on_fresh_server(workdir, lambda u: evalsha_only(u, stream=True))
+            for _ in range(args.runs)
+        ]
+        print(f"evalsha-stream {median_of(streamed)}")
     finally:
         procs.stop_all()
 

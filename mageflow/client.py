@@ -251,6 +251,7 @@ class Mageflow(Building):
             await self._sender.close()
         if self._notifier is not None:
             await self._notifier.close()
+        await self._store.close()
         if self._owns_redis:
             await self._store.redis.aclose()
         self._forget_started()

@@ -60,6 +60,7 @@ async def open_store(url: str, namespace: str) -> AsyncIterator[Store]:
         await store.ping()
         yield store
     finally:
+        await store.close()
         await client.aclose()
 
 

@@ -8,6 +8,9 @@ changes no semantics, and a caller still awaits only its own answer.
 One batch is in flight at a time, so answers come back in the order the calls were made: two
 tasks finishing together free their swarm slots in queue order, and the members those slots go to
 are dispatched in that same order.
+
+A single Redis streams its calls instead (streaming.py), which keeps the same order without
+waiting for a batch's answers; a Redis Cluster, whose calls go to several masters, batches.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ class ScriptBatcher:
         if len(self._queue) == 1 and self._flushing is None:
             loop.call_soon(self._start_flush)
         return await call.future
+
+    async def aclose(self) -> None:
+        """Nothing to stop: a batch in flight ends with its pipeline (the stream's interface)."""
 
     def _start_flush(self) -> None:
         if not self._queue or self._flushing is not None:

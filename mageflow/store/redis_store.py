@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 
@@ -39,11 +40,15 @@ from mageflow.store.schema import (
     decode,
 )
 from mageflow.store.scripts import SCRIPT_NAMES, STANDALONE, script_source
+from mageflow.store.streaming import ScriptStream
 
 T = TypeVar("T")
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 #: How many 'moved' notes a lookup follows before giving up.
 MAX_FORWARDS = 4
+#: A pool smaller than this keeps the batcher: the stream holds one connection for good, and
+#: pub/sub listeners hold others, so a tiny blocking pool could run out for everything else.
+MIN_STREAM_POOL = 8
 #: Outbox entries confirmed in one script call at most; more wait for the next call.
 MAX_ACKS = 512
 #: How long confirmations wait for a script call to ride on before they go out on their own.
@@ -75,6 +80,9 @@ class Store:
     #: on ($MAGEFLOW_CHECK_SLOTS=1) and splits its state over several shards, so a change that
     #: would break Redis Cluster fails on a single Redis too.
     check_slots = os.environ.get("MAGEFLOW_CHECK_SLOTS") == "1"
+    #: On a single Redis, stream script calls over one connection (store/streaming.py); off,
+    #: each loop turn's calls go as one pipeline, as on a cluster (bench.experiments compares).
+    stream_calls = True
 
     def __init__(
         self,
@@ -90,13 +98,26 @@ class Store:
         self.sha = {
             name: hashlib.sha1(script_source(name).encode()).hexdigest() for name in SCRIPT_NAMES
         }
-        self._batcher = ScriptBatcher(client, self.load_scripts)
+        self._scripts = self._script_caller(client)
         self._ttl_ms = [ttl.milliseconds("active"), ttl.milliseconds("done")]
         self._acks: dict[Shard, list[str]] = {}
         self._accepted_grace_ms = str(int(accepted_grace * 1000))
         self._ack_timer: asyncio.TimerHandle | None = None
 
     # -- plumbing --------------------------------------------------------------------------
+
+    def _script_caller(self, client: AnyRedis) -> ScriptBatcher | ScriptStream:
+        if (
+            self.stream_calls
+            and isinstance(client, aioredis.Redis)
+            and getattr(client.connection_pool, "max_connections", 0) >= MIN_STREAM_POOL
+        ):
+            return ScriptStream(client, self.load_scripts)
+        return ScriptBatcher(client, self.load_scripts)
+
+    async def close(self) -> None:
+        """Stop the script stream and give its connection back; before the client closes."""
+        await self._scripts.aclose()
 
     @asynccontextmanager
     async def guard(self, key: str = "") -> AsyncIterator[None]:
@@ -148,7 +169,7 @@ class Store:
         if self.check_slots:
             one_slot(f"script {name}", full[:numkeys])
         async with self.guard():
-            return await self._batcher.call(self.sha[name], numkeys, full)
+            return await self._scripts.call(self.sha[name], numkeys, full)
 
     async def run_script(
         self, name: str, key_list: list[str], args: list[Any], shard: Shard | None = None

@@ -1,0 +1,267 @@
+"""Stream script calls to a single Redis over one connection, answers read in call order.
+
+The :class:`~mageflow.store.batching.ScriptBatcher` keeps one pipeline in flight and waits for
+all of its answers before it sends the next, so the client and Redis take turns: while Redis
+runs a batch the client idles, and the other way round (bench/analysis.md, issue 13). Here a
+writer task sends what was queued as soon as it can, without waiting for earlier answers, and a
+reader task takes the answers off the same connection, oldest first, and hands each to its
+caller. Both sides work at once.
+
+One connection keeps what the batcher promised and the kernel relies on: Redis runs the calls
+in the order they were made (a connection's commands run in the order they arrive), and each
+caller gets its own answer (answers come back in that same order). A caller that gives up
+(cancelled) leaves its call in the line: the reader still takes its answer off, and drops it.
+
+A cluster spreads calls over several masters, each on a connection of its own, so only a plain
+``redis.asyncio.Redis`` streams; a ``RedisCluster`` keeps the batcher.
+
+Failures: an answer ``NOSCRIPT`` (Redis restarted and forgot the scripts) loads the scripts and
+sends that call again, once. A broken connection fails every call written on it and not yet
+answered (nobody can tell whether Redis ran it); calls not yet written go out on a new
+connection, and the next call opens one if none is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+from redis.asyncio.connection import AbstractConnection
+
+#: Calls written and not yet answered, at most; later calls wait in the queue, in their order.
+MAX_IN_FLIGHT = 4096
+#: Calls per socket write. Redis runs everything it read in one go before it answers any of it,
+#: so a whole wave of calls sent at once comes back at once; smaller writes let Redis start on
+#: the first calls, and the client on their answers, while the rest are still being packed.
+MAX_CHUNK = 16
+
+
+class _Call:
+    __slots__ = ("args", "future", "numkeys", "resent", "sha")
+
+    def __init__(self, sha: str, numkeys: int, args: list[Any], future: asyncio.Future[Any]):
+        self.sha, self.numkeys, self.args, self.future = sha, numkeys, args, future
+        self.resent = False
+
+
+class _Line:
+    """One connection, and the calls written on it that await their answer, oldest first."""
+
+    __slots__ = ("broken", "flying", "reader", "sent", "wake", "writer")
+
+    def __init__(self) -> None:
+        self.flying: deque[_Call] = deque()
+        self.wake = asyncio.Event()  # for the writer: calls are queued, or room in the window
+        self.sent = asyncio.Event()  # for the reader: calls await their answer
+        self.broken = False
+        self.writer: asyncio.Task[None] | None = None
+        self.reader: asyncio.Task[None] | None = None
+
+
+class _Stale(Exception):
+    """The server closed the idle connection (it restarted, or a timeout dropped it): nothing
+    was in flight on it, so the queued calls simply go out on a new one."""
+
+
+class ScriptStream:
+    """Script calls to one Redis, answered in call order (the ScriptBatcher's interface)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        reload: Callable[[], Awaitable[None]],
+        window: int = MAX_IN_FLIGHT,
+    ) -> None:
+        self._pool = client.connection_pool
+        self._reload = reload
+        self._window = window
+        self._queue: deque[_Call] = deque()  # made, not yet written
+        self._line: _Line | None = None
+        self._missing: list[_Call] = []  # answered NOSCRIPT, to send again after a reload
+        self._reloading = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def call(self, sha: str, numkeys: int, args: list[Any]) -> Any:
+        if self._closed:
+            raise redis_errors.ConnectionError("the store is closed")
+        call = _Call(sha, numkeys, args, asyncio.get_running_loop().create_future())
+        self._queue.append(call)
+        self._kick()
+        return await call.future
+
+    async def aclose(self) -> None:
+        """Stop the writer and reader and give the connection back; calls still unanswered get
+        a ConnectionError (as they would if the client closed under a pipeline)."""
+        self._closed = True
+        line, self._line = self._line, None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        closed = redis_errors.ConnectionError("the store is closed")
+        left = [*(line.flying if line else ()), *self._missing, *self._queue]
+        self._missing, self._queue = [], deque()
+        for call in left:
+            _settle(call, closed)
+
+    # -- the line -------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._line is None:
+            self._open()
+        else:
+            self._line.wake.set()
+
+    def _open(self) -> None:
+        line = self._line = _Line()
+        line.writer = self._spawn(self._serve(line))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _serve(self, line: _Line) -> None:
+        """Take a connection from the client's pool, write the queued calls on it until it
+        breaks (or the store closes), then give it back."""
+        try:
+            conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        except Exception as exc:  # Redis is unreachable: what waits to be sent hears it
+            self._drop(line, exc, queued=True)
+            return
+        line.reader = self._spawn(self._read(line, conn))
+        try:
+            await self._write(line, conn)
+        except _Stale:
+            self._drop(line, None)
+        except Exception as exc:
+            self._drop(line, exc)
+        finally:
+            line.reader.cancel()
+            # Answers may still be on the socket: close it, so the pool hands out a clean one.
+            with contextlib.suppress(Exception):  # closing a broken socket may fail as well
+                await conn.disconnect(nowait=True)
+            await self._pool.release(conn)
+
+    async def _write(self, line: _Line, conn: AbstractConnection) -> None:
+        queue = self._queue
+        while True:
+            if not queue or len(line.flying) >= self._window:
+                line.wake.clear()
+                await line.wake.wait()
+                continue
+            if not line.flying:
+                await _check_idle(conn)
+            if not conn.is_connected:  # the reader saw it break: do not let redis-py reconnect
+                raise redis_errors.ConnectionError("the connection closed")
+            packed: list[bytes] = []
+            for _ in range(min(len(queue), MAX_CHUNK, self._window - len(line.flying))):
+                call = queue.popleft()
+                try:
+                    packed += conn.pack_command("EVALSHA", call.sha, call.numkeys, *call.args)
+                except Exception as exc:  # an argument redis-py cannot encode: that call fails
+                    _settle(call, exc)
+                    continue
+                line.flying.append(call)
+            if not packed:
+                continue
+            line.sent.set()
+            await conn.send_packed_command(packed, check_health=False)
+            if queue:  # let Redis start on this chunk, and the reader hand out answers
+                await asyncio.sleep(0)
+
+    async def _read(self, line: _Line, conn: AbstractConnection) -> None:
+        try:
+            while True:
+                if not line.flying:
+                    line.sent.clear()
+                    await line.sent.wait()
+                    continue
+                try:
+                    reply = await conn.read_response()
+                except redis_errors.ResponseError as exc:  # the script's own error: an answer
+                    reply = exc
+                self._answer(line.flying.popleft(), reply)
+                if self._queue:  # the writer may be waiting for room in the window
+                    line.wake.set()
+        except Exception as exc:
+            self._drop(line, exc)
+
+    def _drop(self, line: _Line, exc: Exception | None, queued: bool = False) -> None:
+        """The line is done: its unanswered calls (and with ``queued`` the unsent ones) fail
+        with ``exc``; unsent calls left go out on a new line."""
+        if line.broken:
+            return
+        line.broken = True
+        failed = [*line.flying, *(self._queue if queued else ())]
+        line.flying.clear()
+        if queued:
+            self._queue.clear()
+        for call in failed:
+            _settle(call, exc or redis_errors.ConnectionError("the connection closed"))
+        current = asyncio.current_task()
+        for task in (line.writer, line.reader):
+            if task is not None and task is not current:
+                task.cancel()
+        if self._line is line:
+            self._line = None
+            if self._queue and not self._closed:
+                self._open()
+
+    # -- answers ------------------------------------------------------------------------------
+
+    def _answer(self, call: _Call, reply: Any) -> None:
+        if isinstance(reply, redis_errors.NoScriptError) and not call.resent:
+            call.resent = True
+            self._missing.append(call)
+            if not self._reloading:
+                self._reloading = True
+                self._spawn(self._reload_and_resend())
+            return
+        _settle(call, reply)
+
+    async def _reload_and_resend(self) -> None:
+        """Redis forgot the scripts (it restarted): load them, then send the calls it refused
+        again, ahead of anything still queued. Calls written after them (already run) have
+        overtaken them; the batcher has the same caveat, with the rest of a batch."""
+        try:
+            await self._reload()
+        except Exception as exc:
+            missing, self._missing = self._missing, []
+            for call in missing:
+                _settle(call, exc)
+            return
+        finally:
+            self._reloading = False
+        missing, self._missing = self._missing, []
+        self._queue.extendleft(reversed(missing))
+        if not self._closed:
+            self._kick()
+
+
+async def _check_idle(conn: AbstractConnection) -> None:
+    """Before writing on a connection with nothing in flight: _Stale if the server has closed
+    it meanwhile (what the pool checks when it hands out a connection), so the queued calls go
+    out on a fresh one instead of failing."""
+    try:
+        if not await conn.can_read():
+            return
+    except (redis_errors.ConnectionError, OSError):
+        pass
+    raise _Stale  # closed, or bytes nobody asked for: either way not a line to write on
+
+
+def _settle(call: _Call, result: Any) -> None:
+    if call.future.done():  # the caller gave up (cancelled)
+        return
+    if isinstance(result, BaseException):
+        call.future.set_exception(result)
+    else:
+        call.future.set_result(result)
