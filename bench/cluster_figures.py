@@ -109,7 +109,7 @@ def main() -> None:
     single.start()
     try:
         with RedisClusterHarness(masters=3, replicas=0, root=root / "cluster") as cluster:
-            cluster_url = cluster.url.replace("redis://", "redis+cluster://", 1)
+            cluster_url = cluster.store_url
             single_url = f"redis://127.0.0.1:{single.port}/0"
             asyncio.run(one_swarm(single_url, 200))  # warm-up: imports, script loads
             asyncio.run(one_swarm(cluster_url, 200))

@@ -29,18 +29,10 @@ from bench.rate_app import TASK, broker, starts_key
 from bench.servers import RedisServer
 from mageflow import Mageflow, MageflowConfig
 from mageflow.store.schema import Field
+from tests.rates import most_in_window
 
 NAMESPACE = "ratebench"
 QUEUE = "ratebench-queue"
-
-
-def most_in_window(times: list[float], window: float) -> int:
-    ordered, best, first = sorted(times), 0, 0
-    for last, t in enumerate(ordered):
-        while t - ordered[first] >= window:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
 
 
 def report(name: str, times: list[float], window: int, limit: float) -> None:

@@ -125,8 +125,8 @@ class Plan:
 
 def new_parent_key(client: Workspace, *children: Sequence[Any]) -> str:
     """The key of a new parent: in the shard of its first child that is a stored signature, so
-    that child need not move to another shard (a move within a shard keeps the key), else in a
-    shard picked at random."""
+    that child moves within its shard (one step of the parent's MULTI, not two across shards),
+    else in a shard picked at random."""
     from mageflow.signature import Signature
 
     for child in (c for group in children for c in group):

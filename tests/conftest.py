@@ -63,15 +63,16 @@ def redis_url(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     if not ON_CLUSTER:
         yield broker_url
         return
+    from cluster.harness import RedisClusterHarness, store_url
+
     existing = os.environ.get("REDIS_CLUSTER_URL")
     if existing:
-        yield existing.replace("redis://", "redis+cluster://", 1)
+        yield store_url(existing)
         return
-    from cluster.harness import RedisClusterHarness
 
     root = tmp_path_factory.mktemp("state-cluster")
     with RedisClusterHarness(masters=3, replicas=0, root=root) as cluster:
-        yield cluster.url.replace("redis://", "redis+cluster://", 1)
+        yield cluster.store_url
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,7 @@ from mageflow.envelope import Envelope
 from mageflow.inspection import iso, workflow_tree
 from mageflow.store.keys import KeySchema
 from mageflow.store.schema import Field
+from tests.rates import most_in_window
 
 S = SignatureStatus
 pytestmark = pytest.mark.timeout(120)
@@ -348,16 +349,6 @@ def test_rate_limit_forms_and_key() -> None:
 
 
 # -- rate limits ------------------------------------------------------------------------------
-
-
-def most_in_window(times: list[float], window: float) -> int:
-    """The most of ``times`` in any half-open window [t, t + window)."""
-    ordered, best, first = sorted(times), 0, 0
-    for last, t in enumerate(ordered):
-        while t - ordered[first] >= window:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
 
 
 async def started_ms(mf: Mageflow, sigs: list[Signature]) -> list[int]:

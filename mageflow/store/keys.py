@@ -164,11 +164,7 @@ class KeySchema:
     def new_signature(self, wf: str | None = None) -> str:
         """A new key under tag ``wf`` (a parent's, so the child shares its slot), or in a shard
         picked at random for a new workflow."""
-        return self.signature(wf or random.choice(self._tags), new_id())
-
-    @property
-    def _tags(self) -> list[str]:
-        return list(self._by_tag)
+        return self.signature(wf or random.choice(shard_tags(self.shards)), new_id())
 
     @property
     def all_shards(self) -> list[Shard]:

@@ -41,6 +41,7 @@ from mageflow.store.schema import (
 )
 from mageflow.store.scripts import SCRIPT_NAMES, STANDALONE, script_source
 from mageflow.store.streaming import ScriptStream
+from mageflow.store.writes import hash_mapping
 
 T = TypeVar("T")
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
@@ -180,6 +181,13 @@ class Store:
             raise NotARecordError(answer.detail[0], self.keys.namespace, foreign)
         return answer
 
+    def script_command(self, name: str, key_list: list[str], args: list[Any]) -> list[Any]:
+        """A transition script's call as a MULTI command: ``evalsha``, its sha, key count, then
+        KEYS and ARGV (for pipelines that queue it with other commands, see writes.py)."""
+        shard = self.keys.shard(key_list[0])
+        full = self.script_args(key_list, args, "", shard)
+        return ["evalsha", self.sha[name], len(shard.indexes) + len(key_list), *full]
+
     def script_args(
         self, key_list: list[str], args: list[Any], acks: str = "", shard: Shard | None = None
     ) -> list[Any]:
@@ -302,7 +310,7 @@ class Store:
 
     async def set_fields(self, key: str, fields: Mapping[str, str]) -> None:
         async with self.guard():
-            await self.redis.hset(key, mapping=_mapping(fields))
+            await self.redis.hset(key, mapping=hash_mapping(fields))
 
     async def update_kwargs(self, key: str, encoded: dict[str, str]) -> str:
         """Set bound kwargs; returns the key written (after following forwarding notes)."""
@@ -457,7 +465,7 @@ class Store:
     async def register_tasks(self, entries: dict[str, str]) -> None:
         if entries:
             async with self.guard():
-                await self.redis.hset(self.keys.registry, mapping=_mapping(entries))
+                await self.redis.hset(self.keys.registry, mapping=hash_mapping(entries))
 
     async def registry(self) -> dict[str, str]:
         async with self.guard():
@@ -476,11 +484,6 @@ class Released:
 
 def _pairs_from_map(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {_s(k): _s(v) for k, v in raw.items()}
-
-
-def _mapping(fields: Mapping[str, str]) -> Any:
-    # redis-py types HSET's mapping with an invariant key union; a str-keyed dict works fine.
-    return dict(fields)
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:

@@ -7,6 +7,7 @@ build that failed as a whole, never a running workflow that lost a record.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mageflow.store import keys as K
@@ -85,8 +86,8 @@ async def create_many(
         i = 0
         for records, group_moves in groups:
             for old, new, parent, owner in group_moves:
-                args = store.script_args([old, new], [parent, owner])
-                slot = None if across[i] else multis.add(new, [old, new], *_adopt(store, args))
+                command = store.script_command("adopt", [old, new], [parent, owner])
+                slot = None if across[i] else multis.add(new, [old, new], *command)
                 slots.append(slot)
                 i += 1
             for rec in records:
@@ -106,8 +107,7 @@ async def create_many(
                 _write_moved(store, multis, new, parent, owner, answer)
         for key, fields in updates or []:
             flat = [x for pair in fields.items() for x in pair]
-            args = store.script_args([key], flat)
-            multis.add(key, [key], "evalsha", store.sha["update_kwargs"], 7, *args)
+            multis.add(key, [key], *store.script_command("update_kwargs", [key], flat))
         await multis.execute()
 
     await store.reloading(finish)
@@ -136,7 +136,7 @@ def _write_moved(
     fields.pop(Field.OWNER, None)
     if owner != parent:  # a step's or member's owner is its parent and is not stored
         fields[Field.OWNER] = owner
-    multis.add(new, [new], "hset", new, mapping=_mapping(fields))
+    multis.add(new, [new], "hset", new, mapping=hash_mapping(fields))
     multis.add(new, [new], "pexpire", new, store.active_ms(Kind.TASK))
 
 
@@ -167,16 +167,11 @@ async def write_raw(store: Store, records: list[NewRecord], forward: dict[str, s
         await multis.execute()
 
 
-def _adopt(store: Store, args: list[Any]) -> tuple[str, str, int, Any]:
-    """The MULTI command of a move within a shard (adopt.lua with both keys)."""
-    return ("evalsha", store.sha["adopt"], 8, *args)
-
-
 def _marked(fields: dict[str, str]) -> Any:
     """A new record's fields with the record marker the scripts look for."""
     return {**fields, Field.MARK: RECORD_MARK}
 
 
-def _mapping(fields: dict[str, str]) -> Any:
+def hash_mapping(fields: Mapping[str, str]) -> Any:
     # redis-py types HSET's mapping with an invariant key union; a str-keyed dict works fine.
     return dict(fields)

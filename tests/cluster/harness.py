@@ -101,6 +101,11 @@ def _wait(check: Callable[[], bool], timeout: float, what: Callable[[], str]) ->
         time.sleep(0.05)
 
 
+def store_url(url: str) -> str:
+    """The URL mageflow takes for a cluster (``redis+cluster://``) from a node's ``redis://``."""
+    return url.replace("redis://", "redis+cluster://", 1)
+
+
 class RedisClusterHarness:
     """``masters`` masters with ``replicas`` replicas each, started by ``start()`` or ``with``."""
 
@@ -206,6 +211,10 @@ class RedisClusterHarness:
     def url(self) -> str:
         """A startup node for ``RedisCluster.from_url``: the first node still running."""
         return f"redis://127.0.0.1:{self.live_ports()[0]}"
+
+    @property
+    def store_url(self) -> str:
+        return store_url(self.url)
 
     def _client(self, port: int) -> redis.Redis:
         return redis.Redis(
@@ -321,3 +330,7 @@ class ExistingCluster:
     """A cluster the environment provides (``REDIS_CLUSTER_URL``): only its address is known."""
 
     url: str
+
+    @property
+    def store_url(self) -> str:
+        return store_url(self.url)

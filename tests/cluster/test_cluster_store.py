@@ -29,7 +29,7 @@ Cluster = RedisClusterHarness | ExistingCluster
 
 
 def cluster_url(cluster: Cluster) -> str:
-    return cluster.url.replace("redis://", "redis+cluster://", 1)
+    return cluster.store_url
 
 
 @pytest.fixture

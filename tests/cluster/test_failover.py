@@ -25,7 +25,7 @@ async def test_a_workflow_completes_when_its_master_fails_over(
     redis_cluster_ha: RedisClusterHarness,
 ) -> None:
     cluster = redis_cluster_ha
-    url = cluster.url.replace("redis://", "redis+cluster://", 1)
+    url = cluster.store_url
     config = MageflowConfig(namespace=f"mfco-{uuid.uuid4().hex[:8]}", lease_seconds=1.0)
     mf = Mageflow(None, url, config=config)
     runs: Counter[int] = Counter()

@@ -14,18 +14,9 @@ from test_taskiq import Cluster, clusters, registered, until  # noqa: F401 (a fi
 
 from mageflow import SignatureStatus
 from mageflow.store.schema import Field
+from tests.rates import most_in_window
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def most_in_window(times: list[int], window: int) -> int:
-    """The most of ``times`` in any half-open window [t, t + window)."""
-    ordered, best, first = sorted(times), 0, 0
-    for last, t in enumerate(ordered):
-        while t - ordered[first] >= window:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
 
 
 async def test_a_delayed_task_runs_on_a_worker_once_due(
