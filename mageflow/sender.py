@@ -110,7 +110,7 @@ class Sender:
             run_id = await self.engine.dispatch(action.task, envelope)
             if run_id and run_id != action.key:
                 await self.store.set_fields(action.key, {Field.RUN_ID: run_id})
-            if self.engine.redelivers:  # the broker has it: recovery waits the accepted grace
+            if self.engine.confirms(action.key):  # recovery now waits the accepted grace
                 self.store.ack(action.entry)
             log.debug("sent task %r (%s)", action.task, action.key)
             return

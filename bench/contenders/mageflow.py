@@ -81,8 +81,10 @@ async def _callbacks(mf: Mageflow, sizes: Sizes, timeout: float) -> tuple[float,
             pairs.append((await mf.sign(NOOP, success_callbacks=[callback]), callback))
     await bounded_gather((mf.notifier.watch(cb.key) for _, cb in pairs), WAIT_LIMIT)
     built = clock() - t0
-    for i, (sig, _) in enumerate(pairs):
-        await sig.aio_run_no_wait({"x": i})
+    # Launched concurrently, as raw Taskiq's client kicks its tasks (asyncio.gather).
+    await bounded_gather(
+        (sig.aio_run_no_wait({"x": i}) for i, (sig, _) in enumerate(pairs)), WAIT_LIMIT
+    )
     values = await bounded_gather((cb.aresult(timeout=timeout) for _, cb in pairs), WAIT_LIMIT)
     if values != [i + 2 for i in range(sizes.callbacks_n)]:
         raise AssertionError("wrong callback results")
@@ -101,8 +103,7 @@ async def _burst(mf: Mageflow, sizes: Sizes, timeout: float) -> tuple[float, Key
         chains = [await mf.chain([NOOP] * sizes.burst_len) for _ in range(sizes.burst_n)]
     await bounded_gather((mf.notifier.watch(c.key) for c in chains), WAIT_LIMIT)
     built = clock() - t0
-    for i, c in enumerate(chains):
-        await c.aio_run_no_wait({"x": i})
+    await bounded_gather((c.aio_run_no_wait({"x": i}) for i, c in enumerate(chains)), WAIT_LIMIT)
     values = await bounded_gather((c.aresult(timeout=timeout) for c in chains), WAIT_LIMIT)
     if values != [i + sizes.burst_len for i in range(sizes.burst_n)]:
         raise AssertionError("wrong chain results")

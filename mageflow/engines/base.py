@@ -86,6 +86,12 @@ class Engine(ABC):
     #: leaves it for recovery.
     redelivers: bool = True
 
+    def confirms(self, key: str) -> bool:
+        """True when the message ``dispatch`` just sent for ``key`` is durable in the engine, so
+        its outbox entry may be confirmed (:attr:`redelivers`, unless the engine chose to run
+        that one in this process)."""
+        return self.redelivers
+
     #: True when tasks run in the calling process: the client then finishes, at interpreter exit,
     #: the deliveries the ended event loop cut off (see :meth:`leftovers`).
     runs_in_process: bool = False

@@ -15,6 +15,9 @@ signature decides who runs it):
   holder: if the holder finishes, the message is acknowledged; if the holder's lease runs out (its
   worker died) this delivery takes the run over. Acknowledging such a duplicate at once would
   lose the run whenever the holder died later;
+* a worker runs the follow-ups of its own tasks itself (see ``run_here`` on
+  :class:`TaskiqEngine`): they leave the outbox only when the run claims its signature, so a
+  worker that dies first leaves them to recovery, as a lost message would;
 * the core's heartbeat extends the leases of the tasks running here (and stops runs whose
   signature was canceled meanwhile); workers listen on a Redis pub/sub channel for cancel
   requests, so :meth:`TaskiqEngine.cancel` stops a run on whatever process runs it.
@@ -39,6 +42,7 @@ from mageflow.engines.taskiq_streams import (
     stream_settings,
     sweep_streams,
 )
+from mageflow.engines.taskiq_wire import MESSAGE_LABELS, broker_message, direct_send
 from mageflow.envelope import Envelope
 from mageflow.errors import ConfigurationError, PoisonMessageError, RedisUnavailableError
 from mageflow.poison import poison
@@ -52,8 +56,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mageflow.taskiq")
 
-#: Labels of every message mageflow sends: the engine acknowledges deliveries itself.
-MESSAGE_LABELS: dict[str, Any] = {"ack_type": "manual"}
 #: Pauses between tries of a delivery that cannot reach Redis; after the last it is left to the
 #: broker to deliver again.
 INFRA_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -81,14 +83,28 @@ class TaskiqEngine(Engine):
     ``manage_broker``: a producer's client starts the broker with the client and shuts it down
     with it. Pass False when your application starts and stops the broker itself. (A worker
     always starts the broker, as a worker, and shuts it down when it stops.)
+
+    ``run_here``: a worker runs the follow-ups of its own tasks (a chain's next step, a swarm's
+    next member, a callback) itself, without a trip through the broker, while it has fewer than
+    its concurrency in flight and registers the task; otherwise, and on producers, they go to
+    the broker. Nothing is lost either way: until a run claims its signature the follow-up is
+    in the outbox, and a claimed run whose worker dies is sent again when its lease runs out.
+    Pass False to send every follow-up through the broker (to spread each one anew).
     """
 
     remote_workers = True
 
-    def __init__(self, broker: AsyncBroker, *, manage_broker: bool = True) -> None:
+    def __init__(
+        self, broker: AsyncBroker, *, manage_broker: bool = True, run_here: bool = True
+    ) -> None:
         self.broker = broker
         adapt_stream_broker(broker)
         self.manage_broker = manage_broker
+        self.run_here = run_here
+        #: Runs in flight at most, this one included, for a follow-up to run here (the worker
+        #: sets its concurrency; 0, as on producers: never).
+        self.local_limit = 0
+        self._local: dict[str, asyncio.Task[None]] = {}  # follow-ups run here, by key
         self.draining = False  # set by the worker at shutdown: waiting deliveries let go
         self._tasks: dict[str, tuple[TaskDef, Runner]] = {}
         self._runs: dict[str, set[asyncio.Task[RunOutcome]]] = {}
@@ -129,11 +145,54 @@ class TaskiqEngine(Engine):
         return self._services.keys
 
     async def dispatch(self, task: TaskDef | str, envelope: Envelope) -> str | None:
-        await self.send(task if isinstance(task, str) else task.name, envelope, 0)
+        name = task if isinstance(task, str) else task.name
+        if self._runs_here(name, envelope.sig):
+            self._start_here(name, envelope)
+        else:
+            await self.send(name, envelope, 0)
         return None  # runs are cancelled by signature key
+
+    def confirms(self, key: str) -> bool:
+        return key not in self._local  # a run here claims its entry; nothing to confirm
+
+    def holds(self, key: str) -> bool:
+        return key in self._runs or key in self._local
+
+    def _runs_here(self, name: str, key: str) -> bool:
+        return (
+            self.run_here
+            and len(self._deliveries) < self.local_limit
+            and not self.draining
+            and name in self._tasks
+            and key not in self._local
+        )
+
+    def _start_here(self, name: str, envelope: Envelope) -> None:
+        """Run a follow-up in this worker as if the broker had delivered it here."""
+        key = envelope.sig
+        run = asyncio.get_running_loop().create_task(
+            self._deliver(name, envelope, 0, None), name=f"mageflow {name} {key} (here)"
+        )
+        self._local[key] = run
+        self._deliveries.add(run)  # (at once: a forced shutdown must cancel it too)
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._local.get(key) is done:
+                del self._local[key]
+            self._deliveries.discard(done)
+
+        run.add_done_callback(forget)
+
+    async def settle_here(self) -> None:
+        """Wait for the follow-ups running here (a draining worker: none start meanwhile)."""
+        while self._local:
+            await asyncio.wait(set(self._local.values()))
 
     async def send(self, name: str, envelope: Envelope, attempt: int) -> None:
         """Kick a message to task ``name`` by name: the sender need not have registered it."""
+        if direct_send(self.broker):
+            await self.broker.kick(broker_message(self.broker, name, envelope.to_dict(), attempt))
+            return
         kicker: AsyncKicker[Any, Any] = AsyncKicker(
             task_name=name, broker=self.broker, labels=dict(MESSAGE_LABELS)
         )
@@ -263,11 +322,23 @@ class TaskiqEngine(Engine):
         self, name: str, payload: dict[str, Any], attempt: int, context: Context | None
     ) -> None:
         """Handle one message of task ``name``; acknowledge it unless it has to come back."""
+        await self._deliver(name, Envelope.from_dict(payload), attempt, context)
+
+    async def _deliver(
+        self, name: str, envelope: Envelope, attempt: int, context: Context | None
+    ) -> None:
         me = asyncio.current_task()
         if me is not None:
             self._deliveries.add(me)
         try:
-            verdict = await self._settle(name, Envelope.from_dict(payload), attempt, context)
+            verdict = await self._settle(name, envelope, attempt, context)
+        except Exception:
+            if context is not None:
+                raise
+            # A run here has no message to leave for the broker: its outbox entry, or its lease
+            # once claimed, brings it back through recovery.
+            log.exception("run of %s (%s) here failed; recovery sends it again", name, envelope.sig)
+            return
         finally:
             if me is not None:
                 self._deliveries.discard(me)

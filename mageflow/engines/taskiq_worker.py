@@ -38,14 +38,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from taskiq import AckableMessage
-from taskiq.acks import parse_acknowledge_type
+from taskiq import AckableMessage, Context
+from taskiq.acks import AckController, parse_acknowledge_type
 from taskiq.message import TaskiqMessage
 from taskiq.receiver import Receiver
 from taskiq.utils import maybe_awaitable
 
 from mageflow.engines.taskiq import TaskiqEngine
 from mageflow.engines.taskiq_streams import broker_warnings
+from mageflow.engines.taskiq_wire import direct_run
 from mageflow.engines.worker_setup import (
     check_broker,
     check_options,
@@ -76,17 +77,34 @@ class MageflowReceiver(Receiver):
     def __init__(self, engine: TaskiqEngine, **kwargs: Any) -> None:
         super().__init__(engine.broker, **kwargs)
         self.engine = engine
+        self.direct = direct_run(engine.broker)  # (middleware are added before workers start)
 
     async def callback(self, message: bytes | AckableMessage, raise_err: bool = False) -> None:
         data = message.data if isinstance(message, AckableMessage) else message
         try:
-            self.inspect(data)
+            parsed = self.inspect(data)
         except PoisonMessageError as exc:
             source = getattr(message, "source", "") or "taskiq"
             if await self.engine.bury(exc, data, source) and isinstance(message, AckableMessage):
                 await maybe_awaitable(message.ack())
             return
+        if self.direct and "timeout" not in parsed.labels:
+            await self._deliver(parsed, message)
+            return
         await super().callback(message, raise_err)
+
+    async def _deliver(self, parsed: TaskiqMessage, message: bytes | AckableMessage) -> None:
+        """Hand the message to mageflow's handler as taskiq's receiver would, minus what is
+        idle here (see taskiq_wire.direct_run): it acknowledges the delivery itself."""
+        acks = AckController(message.ack if isinstance(message, AckableMessage) else None)
+        context = Context(parsed, self.broker, acks)
+        kwargs = parsed.kwargs
+        try:
+            await self.engine.deliver(
+                parsed.task_name, kwargs["envelope"], kwargs.get("attempt", 0), context
+            )
+        except Exception:  # left unacknowledged: the broker hands it out again
+            log.exception("delivery of %s (%s) failed", parsed.task_name, parsed.task_id)
 
     def inspect(self, data: bytes) -> TaskiqMessage:
         """The parsed message, if mageflow can run it; else PoisonMessageError."""
@@ -150,6 +168,7 @@ class TaskiqWorker:
         """Serve until ``stop``; drain; 0 when every running task finished, 1 when forced."""
         engine, broker = self.engine, self.engine.broker
         engine.prepare_worker()
+        engine.local_limit = self.concurrency
         for warning in broker_warnings(broker, self.concurrency):
             log.warning("%s", warning)
         try:
@@ -188,16 +207,23 @@ class TaskiqWorker:
         self.engine.draining = True
         finish.set()
         log.info("stopping: no new messages; waiting for %d running task(s)", self.engine.in_flight)
+        drained = asyncio.create_task(self._drain(listen))
         forcing = asyncio.create_task(force.wait())
         await asyncio.wait(
-            {listen, forcing}, timeout=self.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED
+            {drained, forcing}, timeout=self.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED
         )
         forcing.cancel()
-        if listen.done() and not listen.cancelled() and listen.exception() is None:
+        if drained.done() and not drained.cancelled() and drained.exception() is None:
             log.info("all running tasks finished; bye")
             return 0
+        drained.cancel()
         await self._abort(listen)
         return 1
+
+    async def _drain(self, listen: asyncio.Task[None]) -> None:
+        """The receiver's deliveries end, then the follow-ups running here."""
+        await asyncio.shield(listen)
+        await self.engine.settle_here()
 
     async def _abort(self, listen: asyncio.Task[None]) -> None:
         count = self.engine.abort()

@@ -19,13 +19,13 @@ from pydantic import BaseModel
 from taskiq_app_brokers import broker_from_env
 
 from mageflow import Mageflow, MageflowConfig, ReturnValue, TaskError
-from mageflow.engines.taskiq import TaskiqTaskContext
+from mageflow.engines.taskiq import TaskiqEngine, TaskiqTaskContext
 
 NS = os.environ["MFT_NAMESPACE"]
 PID = str(os.getpid())
 
 mf = Mageflow(
-    broker_from_env(),
+    TaskiqEngine(broker_from_env(), run_here=os.environ.get("MFT_RUN_HERE", "1") == "1"),
     os.environ["MFT_REDIS_URL"],
     config=MageflowConfig(namespace=NS, lease_seconds=float(os.environ.get("MFT_LEASE", "30"))),
 )

@@ -55,7 +55,9 @@ class Cluster:
         lease: float = 30.0,
         idle_ms: int = 600_000,
         xread_count: int = 4,
+        run_here: bool = True,
     ) -> None:
+        self.run_here = run_here
         # The workflow state on redis_url (a Redis Cluster in the cluster run), the broker's
         # stream on broker_url (always a single Redis).
         self.redis_url, self.kind, self.tmp = redis_url, kind, tmp
@@ -82,6 +84,7 @@ class Cluster:
             "MFT_IDLE_MS": str(self.idle_ms),
             "MFT_CONCURRENCY": str(concurrency),
             "MFT_XREAD_COUNT": str(self.xread_count),
+            "MFT_RUN_HERE": "1" if self.run_here else "0",
         }
 
     def start(
@@ -257,6 +260,25 @@ async def test_retries_are_sent_again_with_the_next_attempt(
 
 
 # -- (b, c) chains and swarms across two workers ---------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("run_here", [True, False])
+async def test_a_worker_runs_the_next_step_itself_unless_told_not_to(
+    clusters: Callable[..., Cluster], run_here: bool
+) -> None:
+    cluster = clusters("stream", run_here=run_here)
+    worker = cluster.start(concurrency=4)
+    await cluster.ready(worker)
+    async with cluster.producer() as mf:
+        await registered(cluster, mf)
+        chain = await mf.chain([await mf.sign("add", amount=1) for _ in range(5)])
+        assert await chain.aio_run({"prev": 0}, timeout=30) == 5
+    assert [len(cluster.records("add", i)) for i in range(5)] == [1] * 5  # each step ran once
+    # Messages the broker handed out: the first step only, when the worker runs the rest itself.
+    (group,) = cluster.broker.xinfo_groups(cluster.queue)
+    assert group["entries-read"] == (1 if run_here else 5)
+    await until(lambda: cluster.pending() == 0, 10, "every delivery acknowledged")
 
 
 async def chain_and_swarm(cluster: Cluster, mf: Mageflow) -> set[str]:

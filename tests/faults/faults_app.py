@@ -22,16 +22,20 @@ from faults_brokers import make_broker
 from pydantic import BaseModel
 
 from mageflow import Mageflow, MageflowConfig, ReturnValue, TaskError
+from mageflow.engines.taskiq import TaskiqEngine
 
 NS = os.environ["MFF_NAMESPACE"]
 PID = str(os.getpid())
 
 mf = Mageflow(
-    make_broker(
-        os.environ["MFF_BROKER_URL"],
-        os.environ["MFF_QUEUE"],
-        idle_ms=int(os.environ.get("MFF_IDLE_MS", "3000")),
-        xread_count=int(os.environ.get("MFF_XREAD_COUNT", "4")),
+    TaskiqEngine(
+        make_broker(
+            os.environ["MFF_BROKER_URL"],
+            os.environ["MFF_QUEUE"],
+            idle_ms=int(os.environ.get("MFF_IDLE_MS", "3000")),
+            xread_count=int(os.environ.get("MFF_XREAD_COUNT", "4")),
+        ),
+        run_here=os.environ.get("MFF_RUN_HERE", "1") == "1",
     ),
     os.environ["MFF_STATE_URL"],
     config=MageflowConfig(

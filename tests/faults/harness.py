@@ -193,8 +193,10 @@ class FaultCluster:
         grace: float = 2.0,
         idle_ms: int = 3000,
         xread_count: int = 4,
+        run_here: bool = True,
     ) -> None:
         self.tmp, self.state, self.broker, self.record = tmp, state, broker, record
+        self.run_here = run_here
         self.lease, self.grace, self.idle_ms, self.xread_count = lease, grace, idle_ms, xread_count
         uid = uuid.uuid4().hex[:10]
         self.namespace = f"mff-{uid}"
@@ -219,6 +221,7 @@ class FaultCluster:
             "MFF_XREAD_COUNT": str(self.xread_count),
             "MFF_CONCURRENCY": str(concurrency),
             "MFF_MARKER": str(self.marker),
+            "MFF_RUN_HERE": "1" if self.run_here else "0",
         }
 
     def start_worker(self, concurrency: int = 10) -> subprocess.Popen[bytes]:
