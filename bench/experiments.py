@@ -1,6 +1,6 @@
 """What-if measurements behind bench/analysis.md: the embedded swarm's script pipelines.
 
-``.venv/bin/python -m bench.experiments [--members 2000] [--runs 3]``
+``.venv/bin/python -m bench.experiments [--members 2000] [--runs 3] [--only CASE,...]``
 
 Each case runs the embedded swarm of workload (a) (``--members`` members, max_concurrency 50,
 one success callback) ``--runs`` times, each on a fresh private ``redis-server`` (loopback, no
@@ -147,47 +147,53 @@ def median_of(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
+CASES = ("stream", "baseline", "two-in-flight", "split", "evalsha-only", "evalsha-stream")
+
+
+def swarms(workdir: Path, members: int, runs: int) -> dict[str, float]:
+    return median_of(
+        [on_fresh_server(workdir, lambda u: one_swarm(u, members)) for _ in range(runs)]
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--members", type=int, default=2000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--only", default=",".join(CASES), help="cases to run, comma-separated")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if only - set(CASES):
+        ap.error(f"unknown cases {sorted(only - set(CASES))}; known: {', '.join(CASES)}")
     procs.install_cleanup()
     workdir = Path(tempfile.mkdtemp(prefix="mageflow-experiments-"))
     try:
-        rows = [
-            on_fresh_server(workdir, lambda u: one_swarm(u, args.members)) for _ in range(args.runs)
-        ]
-        print(f"stream         {median_of(rows)}")
-        sizes: Counter[int] = Counter()
-        with batching_only(), counting_pipelines(sizes):
-            base = [
-                on_fresh_server(workdir, lambda u: one_swarm(u, args.members))
-                for _ in range(args.runs)
-            ]
-        pipelines = sum(sizes.values())
-        calls = sum(k * v for k, v in sizes.items())
-        tasks = args.runs * (args.members + 101)  # (with the warm-up swarms)
-        print(f"baseline       {median_of(base)}")
-        print(
-            f"  pipelines: {pipelines} for {calls} script calls ({calls / pipelines:.1f} per "
-            f"pipeline, {pipelines / tasks:.2f} pipelines per task); most common sizes "
-            f"{sizes.most_common(8)}"
-        )
+        if "stream" in only:
+            print(f"stream         {swarms(workdir, args.members, args.runs)}")
+        if "baseline" in only:
+            sizes: Counter[int] = Counter()
+            with batching_only(), counting_pipelines(sizes):
+                base = swarms(workdir, args.members, args.runs)
+            pipelines = sum(sizes.values())
+            calls = sum(k * v for k, v in sizes.items())
+            tasks = args.runs * (args.members + 101)  # (with the warm-up swarms)
+            print(f"baseline       {base}")
+            print(
+                f"  pipelines: {pipelines} for {calls} script calls ({calls / pipelines:.1f} per "
+                f"pipeline, {pipelines / tasks:.2f} pipelines per task); most common sizes "
+                f"{sizes.most_common(8)}"
+            )
         for name, flying, batch in (("two-in-flight", 2, batching.MAX_BATCH), ("split", 5, 10)):
-            with batching_only(), in_flight(flying, batch):
+            if name in only:
+                with batching_only(), in_flight(flying, batch):
+                    print(f"{name:14} {swarms(workdir, args.members, args.runs)}")
+        for name, stream in (("evalsha-only", False), ("evalsha-stream", True)):
+            if name in only:
                 rows = [
-                    on_fresh_server(workdir, lambda u: one_swarm(u, args.members))
+                    on_fresh_server(workdir, lambda u, s=stream: evalsha_only(u, stream=s))
                     for _ in range(args.runs)
                 ]
-            print(f"{name:14} {median_of(rows)}")
-        only = [on_fresh_server(workdir, evalsha_only) for _ in range(args.runs)]
-        print(f"evalsha-only   {median_of(only)}")
-        streamed = [
-            on_fresh_server(workdir, lambda u: evalsha_only(u, stream=True))
-            for _ in range(args.runs)
-        ]
-        print(f"evalsha-stream {median_of(streamed)}")
+                print(f"{name:14} {median_of(rows)}")
     finally:
         procs.stop_all()
 
