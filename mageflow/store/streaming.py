@@ -15,10 +15,17 @@ caller gets its own answer (answers come back in that same order). A caller that
 A cluster spreads calls over several masters, each on a connection of its own, so only a plain
 ``redis.asyncio.Redis`` streams; a ``RedisCluster`` keeps the batcher.
 
-Failures: an answer ``NOSCRIPT`` (Redis restarted and forgot the scripts) loads the scripts and
-sends that call again, once. A broken connection fails every call written on it and not yet
-answered (nobody can tell whether Redis ran it); calls not yet written go out on a new
-connection, and the next call opens one if none is open.
+Calls are packed here, not by redis-py's ``pack_command``: it encodes every argument in Python
+on every call, and most arguments of a script call are the same strings every time (the sha,
+the shard's index keys, the TTL lists), which made packing the largest item of the client's
+CPU profile (bench/analysis.md). :class:`Packer` keeps the encoded form of short strings it has
+met, and builds the same bytes redis-py would.
+
+Failures: an argument that cannot be encoded fails its call before anything is sent. An answer
+``NOSCRIPT`` (Redis restarted and forgot the scripts) loads the scripts and sends that call
+again, once. A broken connection fails every call written on it and not yet answered (nobody
+can tell whether Redis ran it); calls not yet written go out on a new connection, and the next
+call opens one if none is open.
 """
 
 from __future__ import annotations
@@ -39,13 +46,113 @@ MAX_IN_FLIGHT = 4096
 #: so a whole wave of calls sent at once comes back at once; smaller writes let Redis start on
 #: the first calls, and the client on their answers, while the rest are still being packed.
 MAX_CHUNK = 16
+#: Strings of at most this many characters have their encoded form kept: keys, TTL lists, shas,
+#: names. Longer ones are payloads (JSON), which seldom recur and would only fill the cache.
+CACHE_MAX_LEN = 100
+#: Encoded strings kept at most. Keys of signatures are short and unique, so the cache fills up;
+#: then it starts afresh (the constant strings are encoded again once), and memory stays bounded.
+CACHE_SIZE = 4096
+
+
+# -- packing ----------------------------------------------------------------------------------
+
+
+def _encode(arg: Any, encoding: str, errors: str) -> bytes:
+    """``arg`` as redis-py's ``Encoder.encode`` sends it: the same types taken, the same refused
+    (with its DataError), so a command fails here exactly when it would fail in redis-py."""
+    if isinstance(arg, bytes):
+        return arg
+    if isinstance(arg, str):
+        return arg.encode(encoding, errors)
+    if isinstance(arg, bool):  # an int, but True would go out as "True": refused, as redis-py does
+        raise redis_errors.DataError(
+            "Invalid input of type: 'bool'. Convert to a bytes, string, int or float first."
+        )
+    if isinstance(arg, (int, float)):
+        return repr(arg).encode()
+    if isinstance(arg, (bytearray, memoryview)):
+        return bytes(arg)
+    raise redis_errors.DataError(
+        f"Invalid input of type: '{type(arg).__name__}'. "
+        "Convert to a bytes, string, int or float first."
+    )
+
+
+class _Bulks(dict[Any, bytes]):
+    """RESP bulk strings (``$<length>``, CRLF, the bytes, CRLF) by argument. Only exact ``str``
+    keys are ever stored: 1, 1.0 and True are equal dict keys but go out as different bytes,
+    while a str subclass that equals a stored str (a StrEnum) encodes to the same bytes."""
+
+    __slots__ = ("encoding", "errors")
+
+    def __init__(self, encoding: str, errors: str) -> None:
+        super().__init__()
+        self.encoding, self.errors = encoding, errors
+
+    def __missing__(self, arg: Any) -> bytes:
+        if type(arg) is str:
+            data = arg.encode(self.encoding, self.errors)
+            bulk = b"$%d\r\n%s\r\n" % (len(data), data)
+            if len(arg) <= CACHE_MAX_LEN:
+                if len(self) >= CACHE_SIZE:
+                    self.clear()
+                self[arg] = bulk
+            return bulk
+        if type(arg) is int and 0 <= arg < len(_SMALL_INTS):  # key counts: one in every call
+            return _SMALL_INTS[arg]
+        data = _encode(arg, self.encoding, self.errors)
+        return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+_SMALL_INTS = [b"$%d\r\n%d\r\n" % (len(str(i)), i) for i in range(256)]
+
+
+class Packer:
+    """Commands in RESP, byte for byte what redis-py's ``pack_command`` writes, in one bytes.
+
+    The encoded form of short strings is cached (see :data:`CACHE_MAX_LEN`), so a command made
+    mostly of recurring strings costs a dict lookup per argument. The cache belongs to one
+    packer: the encoding is its pool's."""
+
+    __slots__ = ("_bulk", "_bulks", "_names")
+
+    def __init__(self, encoding: str = "utf-8", errors: str = "strict") -> None:
+        self._bulks = _Bulks(encoding, errors)
+        self._bulk = self._bulks.__getitem__  # looked up once: it runs for every argument
+        self._names: dict[str, tuple[int, bytes]] = {}
+
+    def pack(self, name: Any, *args: Any) -> bytes:
+        """One command. DataError (or UnicodeEncodeError) if an argument cannot be encoded."""
+        words, head = (self._names.get(name) if type(name) is str else None) or self._name(name)
+        parts = [b"*%d\r\n" % (words + len(args)), head]
+        try:
+            parts += map(self._bulk, args)  # the loop runs in C while the cache hits
+        except (TypeError, ValueError):  # unhashable (bytearray, writable memoryview, list...)
+            parts[2:] = [self._bulks.__missing__(arg) for arg in args]  # (raises for a list)
+        return b"".join(parts)
+
+    def _name(self, name: Any) -> tuple[int, bytes]:
+        """The command name's words, packed. Like redis-py, a name with spaces ("CONFIG GET")
+        is several words, and a str name is encoded as UTF-8 whatever the pool's encoding."""
+        if isinstance(name, str):
+            words: list[Any] = name.encode().split()
+        elif isinstance(name, bytes) and b" " in name:
+            words = name.split()
+        else:
+            words = [name]
+        packed = len(words), b"".join(self._bulks.__missing__(word) for word in words)
+        if type(name) is str:
+            if len(self._names) >= CACHE_SIZE:
+                self._names.clear()
+            self._names[name] = packed
+        return packed
 
 
 class _Call:
-    __slots__ = ("args", "future", "numkeys", "resent", "sha")
+    __slots__ = ("future", "packed", "resent")
 
-    def __init__(self, sha: str, numkeys: int, args: list[Any], future: asyncio.Future[Any]):
-        self.sha, self.numkeys, self.args, self.future = sha, numkeys, args, future
+    def __init__(self, packed: bytes, future: asyncio.Future[Any]):
+        self.packed, self.future = packed, future
         self.resent = False
 
 
@@ -78,6 +185,8 @@ class ScriptStream:
         window: int = MAX_IN_FLIGHT,
     ) -> None:
         self._pool = client.connection_pool
+        encoder = self._pool.get_encoder()  # type: ignore[no-untyped-call]
+        self._packer = Packer(encoder.encoding, encoder.encoding_errors)
         self._reload = reload
         self._window = window
         self._queue: deque[_Call] = deque()  # made, not yet written
@@ -90,7 +199,8 @@ class ScriptStream:
     async def call(self, sha: str, numkeys: int, args: list[Any]) -> Any:
         if self._closed:
             raise redis_errors.ConnectionError("the store is closed")
-        call = _Call(sha, numkeys, args, asyncio.get_running_loop().create_future())
+        packed = self._packer.pack("EVALSHA", sha, numkeys, *args)  # DataError: nothing sent
+        call = _Call(packed, asyncio.get_running_loop().create_future())
         self._queue.append(call)
         self._kick()
         return await call.future
@@ -161,18 +271,13 @@ class ScriptStream:
                 await _check_idle(conn)
             if not conn.is_connected:  # the reader saw it break: do not let redis-py reconnect
                 raise redis_errors.ConnectionError("the connection closed")
-            packed: list[bytes] = []
-            for _ in range(min(len(queue), MAX_CHUNK, self._window - len(line.flying))):
-                call = queue.popleft()
-                try:
-                    packed += conn.pack_command("EVALSHA", call.sha, call.numkeys, *call.args)
-                except Exception as exc:  # an argument redis-py cannot encode: that call fails
-                    _settle(call, exc)
-                    continue
-                line.flying.append(call)
-            if not packed:
-                continue
+            chunk = [
+                queue.popleft()
+                for _ in range(min(len(queue), MAX_CHUNK, self._window - len(line.flying)))
+            ]
+            line.flying.extend(chunk)
             line.sent.set()
+            packed = b"".join([call.packed for call in chunk])
             await conn.send_packed_command(packed, check_health=False)
             if queue:  # let Redis start on this chunk, and the reader hand out answers
                 await asyncio.sleep(0)

@@ -1,5 +1,6 @@
 """The script stream (mageflow/store/streaming.py) on a real Redis of its own: execution and
-answers in call order, a forgotten script reloaded, a killed connection, cancelled callers.
+answers in call order, a forgotten script reloaded, a killed connection, cancelled callers; the
+packer's bytes against redis-py's.
 
 The server is private (started here, stopped by pid): the tests flush its scripts and pause it,
 which must not reach the shared test Redis. ``CLIENT PAUSE ... WRITE`` holds every script call
@@ -29,7 +30,14 @@ from mageflow.store.batching import ScriptBatcher
 from mageflow.store.embedded import find_redis_server
 from mageflow.store.keys import KeySchema
 from mageflow.store.redis_store import Store
-from mageflow.store.streaming import MAX_IN_FLIGHT, ScriptStream
+from mageflow.store.schema import Kind
+from mageflow.store.streaming import (
+    CACHE_MAX_LEN,
+    CACHE_SIZE,
+    MAX_IN_FLIGHT,
+    Packer,
+    ScriptStream,
+)
 
 #: Counts its calls in KEYS[1] and answers (the count, ARGV[1]): the count is the position at
 #: which Redis ran the call, ARGV[1] tells whose answer it is.
@@ -301,3 +309,73 @@ async def test_a_client_streams_a_swarm_and_leaves_no_task_behind_when_closed(se
         await asyncio.wait_for(done.wait(), 60)
     assert total == [sum(range(300))]
     assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+# -- the packer ------------------------------------------------------------------------------
+
+#: Commands with every kind of argument redis-py takes; each is packed twice (the second time
+#: from the cache) and compared with what redis-py packs.
+COMMANDS: list[tuple[Any, ...]] = [
+    ("EVALSHA", "a" * 40, 8, "mf:outbox:{a1b}", "mf:leases:{a1b}", "86400000,86400000,86400000"),
+    ("SET", "k", "v", "PX", 1500),
+    ("XADD", b"stream", "*", "data", b"\x00\xff\r\n raw", "n", -17, "f", 0.1),
+    ("HSET", "h", "unicode", "ünïcödé ✓ 日本語 🚀", "empty", "", "long", "x" * (CACHE_MAX_LEN + 1)),
+    ("ZADD", "z", 1.5, "a", -0.0, "b", float("inf"), "c", 1e100, "d", 2**70, "e", 255, "f", 256),
+    ("RPUSH", "l", bytearray(b"ba"), memoryview(b"mv"), memoryview(bytearray(b"writable"))),
+    ("CONFIG GET", "maxmemory"),  # a name of two words: redis-py splits it, so must we
+    (b"CLIENT LIST",),
+    ("HSET", "e", "TASK", Kind.TASK, "task", Kind.SWARM),  # a StrEnum goes out as its value
+]
+
+
+def redis_py_packs(conn: Any, command: tuple[Any, ...]) -> bytes:
+    return b"".join(conn.pack_command(*command))
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_the_packer_writes_the_bytes_redis_py_writes(encoding: str) -> None:
+    conn = aioredis.ConnectionPool(encoding=encoding, encoding_errors="replace").make_connection()
+    packer = Packer(encoding, "replace")
+    for command in COMMANDS * 2:
+        ours = packer.pack(*command)
+        assert ours == redis_py_packs(conn, command), command
+        # the same as redis-py's pure-Python packer too (used when hiredis is not installed)
+        assert ours == b"".join(conn._pack_command_python(*command)), command
+
+
+def test_the_packer_cache_stays_bounded_and_right_after_it_starts_afresh() -> None:
+    conn = aioredis.ConnectionPool().make_connection()
+    packer = Packer()
+    for i in range(3 * CACHE_SIZE):
+        command = ("HSET", f"mf:sig:{{a1b}}:{i}", "f", "86400000,86400000,86400000", i)
+        assert packer.pack(*command) == redis_py_packs(conn, command)
+        assert len(packer._bulks) <= CACHE_SIZE
+
+
+@pytest.mark.parametrize("bad", [True, None, [1], {"a": 1}, object(), ("t",)])
+def test_the_packer_refuses_what_redis_py_refuses(bad: Any) -> None:
+    conn = aioredis.ConnectionPool().make_connection()
+    with pytest.raises(redis_errors.DataError):
+        conn.pack_command("SET", "k", bad)
+    with pytest.raises(redis_errors.DataError):
+        Packer().pack("SET", "k", bad)
+
+
+async def test_an_argument_that_cannot_be_encoded_fails_that_call_only(rig: Rig) -> None:
+    """A bad argument fails its own call before anything is sent (it does not run, and does
+    not take a place in the order); the calls around it run and are answered as usual."""
+    await rig.call("open")
+    bad: list[Any] = [True, None, ["list"], {"d": 1}]
+
+    async def call(i: int) -> Any:
+        tag = bad[i // 10 % len(bad)] if i % 10 == 3 else f"t{i}"
+        return await rig.stream.call(rig.sha, 1, [rig.key, tag])
+
+    results = await asyncio.wait_for(
+        asyncio.gather(*(call(i) for i in range(100)), return_exceptions=True), 20
+    )
+    good = [r for i, r in enumerate(results) if i % 10 != 3]
+    assert all(isinstance(r, redis_errors.DataError) for r in results[3::10]), results[3::10]
+    assert [(int(c), t) for c, t in good] == [
+        (n + 2, f"t{i}") for n, i in enumerate(i for i in range(100) if i % 10 != 3)
+    ]
