@@ -1,4 +1,4 @@
-"""Stream script calls to a single Redis over one connection, answers read in call order.
+"""Stream Redis commands over one connection, answers read in call order.
 
 The :class:`~mageflow.store.batching.ScriptBatcher` keeps one pipeline in flight and waits for
 all of its answers before it sends the next, so the client and Redis take turns: while Redis
@@ -7,25 +7,32 @@ writer task sends what was queued as soon as it can, without waiting for earlier
 reader task takes the answers off the same connection, oldest first, and hands each to its
 caller. Both sides work at once.
 
-One connection keeps what the batcher promised and the kernel relies on: Redis runs the calls
-in the order they were made (a connection's commands run in the order they arrive), and each
-caller gets its own answer (answers come back in that same order). A caller that gives up
-(cancelled) leaves its call in the line: the reader still takes its answer off, and drops it.
+One connection keeps what the batcher promised and the kernel relies on: Redis runs the
+commands in the order they were made (a connection's commands run in the order they arrive),
+and each caller gets its own answer (answers come back in that same order). A caller that gives
+up (cancelled) leaves its command in the line: it may still run, and the reader takes its
+answer off and drops it.
 
-A cluster spreads calls over several masters, each on a connection of its own, so only a plain
-``redis.asyncio.Redis`` streams; a ``RedisCluster`` keeps the batcher.
+:class:`CommandStream` carries any command that gets exactly one reply and leaves the
+connection as it found it (not SUBSCRIBE, MONITOR, CLIENT REPLY, SELECT, and not MULTI: other
+callers' commands would land inside the transaction); a blocking command (BLPOP, XREADGROUP
+BLOCK) holds up every command behind it. :class:`ScriptStream` is the store's: EVALSHA calls
+with the ScriptBatcher's interface. A cluster spreads calls over several masters, each on a
+connection of its own, so only a plain ``redis.asyncio.Redis`` streams; a ``RedisCluster``
+keeps the batcher.
 
-Calls are packed here, not by redis-py's ``pack_command``: it encodes every argument in Python
-on every call, and most arguments of a script call are the same strings every time (the sha,
-the shard's index keys, the TTL lists), which made packing the largest item of the client's
-CPU profile (bench/analysis.md). :class:`Packer` keeps the encoded form of short strings it has
-met, and builds the same bytes redis-py would.
+Commands are packed here, not by redis-py's ``pack_command``: it encodes every argument in
+Python on every call, and most arguments of a script call are the same strings every time (the
+sha, the shard's index keys, the TTL lists), which made packing the largest item of the
+client's CPU profile (bench/analysis.md). :class:`Packer` keeps the encoded form of short
+strings it has met, and builds the same bytes redis-py would.
 
-Failures: an argument that cannot be encoded fails its call before anything is sent. An answer
-``NOSCRIPT`` (Redis restarted and forgot the scripts) loads the scripts and sends that call
-again, once. A broken connection fails every call written on it and not yet answered (nobody
-can tell whether Redis ran it); calls not yet written go out on a new connection, and the next
-call opens one if none is open.
+Failures: an argument that cannot be encoded fails its call before anything is sent. An error
+reply goes to its caller only. An answer ``NOSCRIPT`` to a script call (Redis restarted and
+forgot the scripts) loads the scripts and sends that call again, once. A broken connection
+fails every command written on it and not yet answered (nobody can tell whether Redis ran it);
+commands not yet written go out on a new connection, and the next command opens one if none is
+open.
 """
 
 from __future__ import annotations
@@ -38,13 +45,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-#: Calls written and not yet answered, at most; later calls wait in the queue, in their order.
+#: Commands written and not yet answered, at most; later ones wait in the queue, in their order.
 MAX_IN_FLIGHT = 4096
-#: Calls per socket write. Redis runs everything it read in one go before it answers any of it,
-#: so a whole wave of calls sent at once comes back at once; smaller writes let Redis start on
-#: the first calls, and the client on their answers, while the rest are still being packed.
+#: Commands per socket write. Redis runs everything it read in one go before it answers any of
+#: it, so a whole wave of calls sent at once comes back at once; smaller writes let Redis start
+#: on the first calls, and the client on their answers, while the rest are still being packed.
 MAX_CHUNK = 16
 #: Strings of at most this many characters have their encoded form kept: keys, TTL lists, shas,
 #: names. Longer ones are payloads (JSON), which seldom recur and would only fill the cache.
@@ -148,12 +155,15 @@ class Packer:
         return packed
 
 
-class _Call:
-    __slots__ = ("future", "packed", "resent")
+# -- the stream -------------------------------------------------------------------------------
 
-    def __init__(self, packed: bytes, future: asyncio.Future[Any]):
+
+class _Call:
+    __slots__ = ("future", "packed", "resend")
+
+    def __init__(self, packed: bytes, future: asyncio.Future[Any], resend: bool):
         self.packed, self.future = packed, future
-        self.resent = False
+        self.resend = resend  # a script call: sent again once if Redis answers NOSCRIPT
 
 
 class _Line:
@@ -175,35 +185,33 @@ class _Stale(Exception):
     was in flight on it, so the queued calls simply go out on a new one."""
 
 
-class ScriptStream:
-    """Script calls to one Redis, answered in call order (the ScriptBatcher's interface)."""
+class CommandStream:
+    """Redis commands over one connection of a pool: run in call order, each answered to its
+    caller. The connection is taken from the pool when the first command comes (and again
+    after one breaks) and held until :meth:`aclose`; the pool itself stays the caller's."""
 
     def __init__(
-        self,
-        client: aioredis.Redis,
-        reload: Callable[[], Awaitable[None]],
-        window: int = MAX_IN_FLIGHT,
+        self, client: aioredis.Redis | ConnectionPool, window: int = MAX_IN_FLIGHT
     ) -> None:
-        self._pool = client.connection_pool
-        encoder = self._pool.get_encoder()  # type: ignore[no-untyped-call]
+        pool = client.connection_pool if isinstance(client, aioredis.Redis) else client
+        self._pool = pool
+        encoder = pool.get_encoder()  # type: ignore[no-untyped-call]
         self._packer = Packer(encoder.encoding, encoder.encoding_errors)
-        self._reload = reload
         self._window = window
         self._queue: deque[_Call] = deque()  # made, not yet written
         self._line: _Line | None = None
-        self._missing: list[_Call] = []  # answered NOSCRIPT, to send again after a reload
-        self._reloading = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    async def call(self, sha: str, numkeys: int, args: list[Any]) -> Any:
-        if self._closed:
-            raise redis_errors.ConnectionError("the store is closed")
-        packed = self._packer.pack("EVALSHA", sha, numkeys, *args)  # DataError: nothing sent
-        call = _Call(packed, asyncio.get_running_loop().create_future())
-        self._queue.append(call)
-        self._kick()
-        return await call.future
+    async def execute(self, *args: Any) -> Any:
+        """Run one command (name and arguments as ``Redis.execute_command`` takes them) and
+        return its reply as the connection's parser gives it: no response callbacks, so bytes
+        unless the pool decodes. An error reply raises ResponseError here, to this caller only;
+        an argument that cannot be encoded raises DataError and nothing is sent. If the
+        connection breaks before the reply, ConnectionError (TimeoutError if a read outlasts the
+        pool's ``socket_timeout``): the command may or may not have run. A caller cancelled
+        while it waits leaves its command in the line: it still runs."""
+        return await self._enqueue(self._packer.pack(*args), resend=False)
 
     async def aclose(self) -> None:
         """Stop the writer and reader and give the connection back; calls still unanswered get
@@ -214,11 +222,19 @@ class ScriptStream:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        closed = redis_errors.ConnectionError("the store is closed")
-        left = [*(line.flying if line else ()), *self._missing, *self._queue]
-        self._missing, self._queue = [], deque()
-        for call in left:
-            _settle(call, closed)
+        left = [*(line.flying if line else ()), *self._queue]
+        self._queue = deque()
+        _fail_closed(left)
+
+    def _enqueue(self, packed: bytes, resend: bool) -> asyncio.Future[Any]:
+        """Queue a packed command (synchronously: the order of calls is the order of
+        execution); the future gets its answer."""
+        if self._closed:
+            raise redis_errors.ConnectionError("the stream is closed")
+        call = _Call(packed, asyncio.get_running_loop().create_future(), resend)
+        self._queue.append(call)
+        self._kick()
+        return call.future
 
     # -- the line -------------------------------------------------------------------------
 
@@ -239,8 +255,8 @@ class ScriptStream:
         return task
 
     async def _serve(self, line: _Line) -> None:
-        """Take a connection from the client's pool, write the queued calls on it until it
-        breaks (or the store closes), then give it back."""
+        """Take a connection from the pool, write the queued calls on it until it breaks (or
+        the stream closes), then give it back."""
         try:
             conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         except Exception as exc:  # Redis is unreachable: what waits to be sent hears it
@@ -291,7 +307,7 @@ class ScriptStream:
                     continue
                 try:
                     reply = await conn.read_response()
-                except redis_errors.ResponseError as exc:  # the script's own error: an answer
+                except redis_errors.ResponseError as exc:  # an error reply: an answer
                     reply = exc
                 self._answer(line.flying.popleft(), reply)
                 if self._queue:  # the writer may be waiting for room in the window
@@ -320,11 +336,35 @@ class ScriptStream:
             if self._queue and not self._closed:
                 self._open()
 
-    # -- answers ------------------------------------------------------------------------------
+    def _answer(self, call: _Call, reply: Any) -> None:
+        _settle(call, reply)
+
+
+class ScriptStream(CommandStream):
+    """Script calls to one Redis, answered in call order (the ScriptBatcher's interface)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        reload: Callable[[], Awaitable[None]],
+        window: int = MAX_IN_FLIGHT,
+    ) -> None:
+        super().__init__(client, window)
+        self._reload = reload
+        self._missing: list[_Call] = []  # answered NOSCRIPT, to send again after a reload
+        self._reloading = False
+
+    async def call(self, sha: str, numkeys: int, args: list[Any]) -> Any:
+        return await self._enqueue(self._packer.pack("EVALSHA", sha, numkeys, *args), True)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        missing, self._missing = self._missing, []
+        _fail_closed(missing)
 
     def _answer(self, call: _Call, reply: Any) -> None:
-        if isinstance(reply, redis_errors.NoScriptError) and not call.resent:
-            call.resent = True
+        if call.resend and isinstance(reply, redis_errors.NoScriptError):
+            call.resend = False
             self._missing.append(call)
             if not self._reloading:
                 self._reloading = True
@@ -361,6 +401,12 @@ async def _check_idle(conn: AbstractConnection) -> None:
     except (redis_errors.ConnectionError, OSError):
         pass
     raise _Stale  # closed, or bytes nobody asked for: either way not a line to write on
+
+
+def _fail_closed(calls: list[_Call]) -> None:
+    closed = redis_errors.ConnectionError("the stream is closed")
+    for call in calls:
+        _settle(call, closed)
 
 
 def _settle(call: _Call, result: Any) -> None:
