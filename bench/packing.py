@@ -34,7 +34,7 @@ def finish_calls(count: int) -> list[list[Any]]:
         key = store.keys.new_signature()
         shard = store.keys.shard(key)
         acks = f"3600000 {store.keys.new_signature()}@{i}"
-        result = json.dumps({"value": {"i": i, "items": list(range(20)), "ok": True}})
+        result = json.dumps({"value": {"i": i, "items": list(range(30)), "ok": True}})
         calls.append(store.script_args([key], ["done", result, ""], acks, shard))
     return calls
 
