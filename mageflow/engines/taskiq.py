@@ -161,7 +161,9 @@ class TaskiqEngine(Engine):
     def _runs_here(self, name: str, key: str) -> bool:
         return (
             self.run_here
-            and len(self._deliveries) < self.local_limit
+            and self.local_limit > 0  # a worker (producers send everything to the broker)
+            # (<=: the run sending this follow-up is one of them, and about to end)
+            and len(self._deliveries) <= self.local_limit
             and not self.draining
             and name in self._tasks
             and key not in self._local

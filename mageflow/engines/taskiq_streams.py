@@ -27,6 +27,8 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from taskiq import AckableMessage, AsyncBroker
 
+from mageflow.store.streaming import CommandStream
+
 log = logging.getLogger("mageflow.taskiq")
 
 # KEYS[1] stream. ARGV: group, consumer, min idle (ms), count. Returns how many entries moved.
@@ -232,28 +234,33 @@ def _stream_warnings(s: StreamSettings, concurrency: int) -> list[str]:
 
 
 def adapt_stream_broker(broker: AsyncBroker) -> None:
-    """Make a RedisStreamBroker send (XADD) and acknowledge (XACK) through one long-lived client,
-    and listen with :func:`_listen` (see the module doc).
+    """Make a RedisStreamBroker send (XADD) over one streamed connection, acknowledge (XACK) in
+    batches (:class:`AckBatch`), and listen with :func:`_listen` (see the module doc).
 
     taskiq-redis builds a new ``Redis(connection_pool=...)`` for every kick and every ack; in
-    redis-py 8 that constructor is costly (it rebuilds the response-callback table), and on a
-    mageflow worker, which kicks each next step and acks each delivery, it was about a fifth of
-    the worker's CPU (see docs/benchmarks.md). The commands sent are exactly the broker's own;
-    only the client object is reused. Brokers of other kinds are left alone.
+    redis-py 8 that constructor is costly (it rebuilds the response-callback table), and each
+    command is a socket write of its own, the costliest step on loopback (bench/analysis.md).
+    The commands are the broker's own (same stream, fields and trimming). Brokers of other
+    kinds are left alone.
     """
     if type(broker).__name__ != "RedisStreamBroker" or getattr(broker, "_mageflow_shared", False):
         return
     stream: Any = broker
     client = Redis(connection_pool=stream.connection_pool)
+    # Sends go over one connection, written as they come (store/streaming.py): the sends of one
+    # loop turn leave in one socket write, the costliest step of a send on loopback.
+    sends: list[CommandStream] = []
 
     async def kick(message: Any) -> None:
         queue_name = message.labels.get("queue_name") or stream.queue_name
-        await client.xadd(
-            queue_name,
-            {b"data": message.message},
-            maxlen=stream.maxlen,
-            approximate=stream.approximate,
+        trim = (
+            []
+            if stream.maxlen is None
+            else ["MAXLEN", "~" if stream.approximate else "=", stream.maxlen]
         )
+        if not sends:
+            sends.append(CommandStream(stream.connection_pool))
+        await sends[0].execute("XADD", queue_name, *trim, "*", "data", message.message)
 
     acks = AckBatch(client, stream.consumer_group_name)
 
@@ -267,6 +274,8 @@ def adapt_stream_broker(broker: AsyncBroker) -> None:
 
     async def flush_then_shutdown() -> None:
         await acks.flush()  # (a worker's last acknowledgements, before the pool closes)
+        if sends:
+            await sends.pop().aclose()
         await shutdown()
 
     stream.kick = kick

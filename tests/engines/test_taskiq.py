@@ -326,7 +326,7 @@ async def test_chain_and_swarm_on_two_workers_redis_streams(
         await registered(cluster, mf)
         pids = await chain_and_swarm(cluster, mf)
     assert len(pids) == 2 and str(supervisor.pid) not in pids, pids
-    assert cluster.pending() == 0
+    await until(lambda: cluster.pending() == 0, 10, "every delivery acknowledged")
 
     # The supervisor replaces a worker that dies, and stops them all cleanly on SIGTERM.
     os.kill(int(min(pids)), signal.SIGKILL)
