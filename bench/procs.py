@@ -152,3 +152,27 @@ def install_cleanup() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of the whole machine, from /proc/stat (Linux)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields)  # idle + iowait
+
+
+def wait_quiet(idle_share: float = 0.85, window: float = 0.2, limit: float = 5.0) -> float:
+    """Wait until the machine was at least ``idle_share`` idle over ``window`` seconds (what a
+    previous contender left winding down, such as Celery's pool children, would slow the next
+    timed run by a third on 2 cores), for at most ``limit`` seconds; the idle share last seen."""
+    if not os.path.exists("/proc/stat"):
+        return 1.0
+    deadline = time.monotonic() + limit
+    share = 0.0
+    while True:
+        idle0, total0 = _cpu_times()
+        time.sleep(window)
+        idle1, total1 = _cpu_times()
+        share = (idle1 - idle0) / max(total1 - total0, 1)
+        if share >= idle_share or time.monotonic() >= deadline:
+            return share

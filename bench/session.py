@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from bench import procs
 from bench.contenders.base import Contender, Env, Probe, StatsProbe
 from bench.model import RunResult, Sizes
 from bench.stats import fmt
@@ -69,9 +70,11 @@ def run_session(
             while todo:
                 workload = todo.pop(0)
                 probe = probe_for(workload) if probe_for else StatsProbe(env, contender)
+                idle = procs.wait_quiet()
                 started = time.monotonic()
                 result = contender.run(workload, rep, probe, env.sizes)
                 result.extra["wall_s"] = time.monotonic() - started
+                result.extra["idle_before"] = round(idle, 2)
                 session.append(result)
                 if not result.ok:
                     break

@@ -38,11 +38,20 @@ class TaskDef:
     durable: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     rate_limit: RateLimit | None = None
+    # meta() of the settings it was computed from: a swarm's build asks once per member, and
+    # reading the model's fields each time was a few % of the client's CPU (bench/analysis.md).
+    _meta: tuple[tuple[Any, ...], dict[str, Any]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def meta(self) -> dict[str, Any]:
-        """What producers in other processes need to know about this task (the registry entry)."""
+        """What producers in other processes need to know about this task (the registry entry).
+        Read-only: the same dict is handed out until a setting changes."""
         model = self.input_validator
-        return {
+        settings = (model, self.retries, self.timeout, self.durable, self.rate_limit)
+        if self._meta is not None and self._meta[0] == settings:
+            return self._meta[1]
+        meta = {
             "rv": return_field(model),
             "err": error_field(model),
             "model": model_path(model) if model else None,
@@ -53,6 +62,8 @@ class TaskDef:
             "rate": self.rate_limit.stored if self.rate_limit else None,
             "rate_key": self.rate_limit.key if self.rate_limit else None,
         }
+        self._meta = (settings, meta)
+        return meta
 
     def meta_json(self) -> str:
         return json.dumps(self.meta())
