@@ -45,12 +45,12 @@ class TaskDef:
     )
 
     def meta(self) -> dict[str, Any]:
-        """What producers in other processes need to know about this task (the registry entry).
-        Read-only: the same dict is handed out until a setting changes."""
+        """What producers in other processes need to know about this task (the registry entry);
+        computed once per settings."""
         model = self.input_validator
         settings = (model, self.retries, self.timeout, self.durable, self.rate_limit)
         if self._meta is not None and self._meta[0] == settings:
-            return self._meta[1]
+            return dict(self._meta[1])  # (a copy: the cached one stays as computed)
         meta = {
             "rv": return_field(model),
             "err": error_field(model),
@@ -63,7 +63,7 @@ class TaskDef:
             "rate_key": self.rate_limit.key if self.rate_limit else None,
         }
         self._meta = (settings, meta)
-        return meta
+        return dict(meta)
 
     def meta_json(self) -> str:
         return json.dumps(self.meta())

@@ -15,9 +15,10 @@ signature decides who runs it):
   holder: if the holder finishes, the message is acknowledged; if the holder's lease runs out (its
   worker died) this delivery takes the run over. Acknowledging such a duplicate at once would
   lose the run whenever the holder died later;
-* a worker runs the follow-ups of its own tasks itself (see ``run_here`` on
-  :class:`TaskiqEngine`): they leave the outbox only when the run claims its signature, so a
-  worker that dies first leaves them to recovery, as a lost message would;
+* a delivery hands its concurrency slot to a follow-up of its task (see ``run_here`` on
+  :class:`TaskiqEngine`), which runs next in the same slot, without the broker: it leaves the
+  outbox only when its run claims the signature, so a worker that dies first leaves it to
+  recovery, as a lost message would;
 * the core's heartbeat extends the leases of the tasks running here (and stops runs whose
   signature was canceled meanwhile); workers listen on a Redis pub/sub channel for cancel
   requests, so :meth:`TaskiqEngine.cancel` stops a run on whatever process runs it.
@@ -26,18 +27,21 @@ signature decides who runs it):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from taskiq import AsyncBroker, Context, TaskiqDepends
+from taskiq import AsyncBroker, Context, TaskiqDepends, TaskiqMessage
 from taskiq.kicker import AsyncKicker
 
 from mageflow.engines.base import Engine, EngineServices, Runner, RunOutcome
+from mageflow.engines.taskiq_cancel import listen_for_cancels
 from mageflow.engines.taskiq_streams import (
     adapt_stream_broker,
+    junk_burier,
     set_junk_hook,
     stream_settings,
     sweep_streams,
@@ -45,10 +49,8 @@ from mageflow.engines.taskiq_streams import (
 from mageflow.engines.taskiq_wire import MESSAGE_LABELS, broker_message, direct_send
 from mageflow.envelope import Envelope
 from mageflow.errors import ConfigurationError, PoisonMessageError, RedisUnavailableError
-from mageflow.poison import poison
 from mageflow.status import SignatureStatus
 from mageflow.store.keys import KeySchema
-from mageflow.store.schema import PoisonReason
 from mageflow.tasks import TaskDef
 
 if TYPE_CHECKING:
@@ -64,6 +66,22 @@ INFRA_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 TASKIQ_CONTEXT: Any = TaskiqDepends()
 
 Verdict = Literal["ack", "leave"]
+
+
+#: Follow-ups waiting for one delivery slot, at most; more go to the broker.
+MAX_HANDED_OVER = 8
+
+
+@dataclass(slots=True)
+class _Slot:
+    """The concurrency slot of the delivery running in this context, and the follow-ups handed
+    to it, which run in it one after another (see ``run_here``)."""
+
+    open: bool = False  # while a run of this slot may hand it over
+    follow_ups: deque[tuple[str, Envelope]] = field(default_factory=deque)
+
+
+_SLOT: ContextVar[_Slot | None] = ContextVar("mageflow_taskiq_slot", default=None)
 
 
 @dataclass(slots=True)
@@ -84,12 +102,14 @@ class TaskiqEngine(Engine):
     with it. Pass False when your application starts and stops the broker itself. (A worker
     always starts the broker, as a worker, and shuts it down when it stops.)
 
-    ``run_here``: a worker runs the follow-ups of its own tasks (a chain's next step, a swarm's
-    next member, a callback) itself, without a trip through the broker, while it has fewer than
-    its concurrency in flight and registers the task; otherwise, and on producers, they go to
-    the broker. Nothing is lost either way: until a run claims its signature the follow-up is
-    in the outbox, and a claimed run whose worker dies is sent again when its lease runs out.
-    Pass False to send every follow-up through the broker (to spread each one anew).
+    ``run_here``: when a task finishes on a worker, the follow-ups its finish sends (a chain's
+    next step, the swarm member taking the freed slot, callbacks) run next in the same delivery
+    slot, one after another and without a trip through the broker, if this worker registers
+    their task and is not draining (up to ``MAX_HANDED_OVER`` waiting per slot); the rest, and
+    everything producers send, go to the broker. Nothing is lost
+    either way: until its run claims the signature the follow-up is in the outbox, and a
+    claimed run whose worker dies is sent again when its lease runs out. Pass False to send
+    every follow-up through the broker (to spread each one anew).
     """
 
     remote_workers = True
@@ -101,10 +121,7 @@ class TaskiqEngine(Engine):
         adapt_stream_broker(broker)
         self.manage_broker = manage_broker
         self.run_here = run_here
-        #: Runs in flight at most, this one included, for a follow-up to run here (the worker
-        #: sets its concurrency; 0, as on producers: never).
-        self.local_limit = 0
-        self._local: dict[str, asyncio.Task[None]] = {}  # follow-ups run here, by key
+        self._local: set[str] = set()  # follow-ups handed a slot here, until their run ends
         self.draining = False  # set by the worker at shutdown: waiting deliveries let go
         self._tasks: dict[str, tuple[TaskDef, Runner]] = {}
         self._runs: dict[str, set[asyncio.Task[RunOutcome]]] = {}
@@ -146,49 +163,36 @@ class TaskiqEngine(Engine):
 
     async def dispatch(self, task: TaskDef | str, envelope: Envelope) -> str | None:
         name = task if isinstance(task, str) else task.name
-        if self._runs_here(name, envelope.sig):
-            self._start_here(name, envelope)
-        else:
+        if not self._hand_over(name, envelope):
             await self.send(name, envelope, 0)
         return None  # runs are cancelled by signature key
 
     def confirms(self, key: str) -> bool:
-        return key not in self._local  # a run here claims its entry; nothing to confirm
+        # A follow-up handed a slot here is not in the broker: its outbox entry stays until its
+        # run claims it (and so comes back through recovery if this process dies first).
+        return key not in self._local
 
     def holds(self, key: str) -> bool:
         return key in self._runs or key in self._local
 
-    def _runs_here(self, name: str, key: str) -> bool:
-        return (
-            self.run_here
-            and self.local_limit > 0  # a worker (producers send everything to the broker)
-            # (<=: the run sending this follow-up is one of them, and about to end)
-            and len(self._deliveries) <= self.local_limit
-            and not self.draining
-            and name in self._tasks
-            and key not in self._local
-        )
-
-    def _start_here(self, name: str, envelope: Envelope) -> None:
-        """Run a follow-up in this worker as if the broker had delivered it here."""
-        key = envelope.sig
-        run = asyncio.get_running_loop().create_task(
-            self._deliver(name, envelope, 0, None), name=f"mageflow {name} {key} (here)"
-        )
-        self._local[key] = run
-        self._deliveries.add(run)  # (at once: a forced shutdown must cancel it too)
-
-        def forget(done: asyncio.Task[None]) -> None:
-            if self._local.get(key) is done:
-                del self._local[key]
-            self._deliveries.discard(done)
-
-        run.add_done_callback(forget)
-
-    async def settle_here(self) -> None:
-        """Wait for the follow-ups running here (a draining worker: none start meanwhile)."""
-        while self._local:
-            await asyncio.wait(set(self._local.values()))
+    def _hand_over(self, name: str, envelope: Envelope) -> bool:
+        """Give the slot of the delivery sending this follow-up to it, if that delivery has not
+        given it away yet (see ``run_here``). Outside a delivery (a producer, recovery, the
+        scheduler, a send retried later) there is no slot to give."""
+        slot = _SLOT.get()
+        if (
+            slot is None
+            or not slot.open
+            or len(slot.follow_ups) >= MAX_HANDED_OVER
+            or not self.run_here
+            or self.draining
+            or name not in self._tasks
+            or envelope.sig in self._local
+        ):
+            return False
+        slot.follow_ups.append((name, envelope))
+        self._local.add(envelope.sig)
+        return True
 
     async def send(self, name: str, envelope: Envelope, attempt: int) -> None:
         """Kick a message to task ``name`` by name: the sender need not have registered it."""
@@ -233,11 +237,13 @@ class TaskiqEngine(Engine):
         pubsub = services.redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(services.keys.cancel_channel)  # before any task can start
         loop = asyncio.get_running_loop()
-        self._loops.append(loop.create_task(self._cancel_listener(services, pubsub)))
+        self._loops.append(
+            loop.create_task(listen_for_cancels(services, pubsub, self.cancel_local))
+        )
         settings = stream_settings(self.broker)
         if settings is not None:
             self._loops.append(loop.create_task(sweep_streams(settings)))
-        set_junk_hook(self.broker, self._junk)
+        set_junk_hook(self.broker, junk_burier(self.bury))
 
     async def stop(self) -> None:
         for loop in self._loops:
@@ -293,25 +299,6 @@ class TaskiqEngine(Engine):
     def in_flight(self) -> int:
         return len(self._deliveries)
 
-    async def _cancel_listener(self, services: EngineServices, pubsub: Any) -> None:
-        channel = services.keys.cancel_channel
-        while True:
-            try:
-                if pubsub is None:
-                    pubsub = services.redis.pubsub(ignore_subscribe_messages=True)
-                    await pubsub.subscribe(channel)
-                msg = await pubsub.get_message(timeout=1.0)
-                if msg and msg.get("type") == "message":
-                    self.cancel_local(_text(msg["data"]))
-            except asyncio.CancelledError:
-                await _close_quietly(pubsub)
-                raise
-            except Exception as exc:  # reconnect; runs meanwhile stop via the status check
-                log.warning("cancel listener lost Redis (%r); reconnecting", exc)
-                await _close_quietly(pubsub)
-                pubsub = None
-                await asyncio.sleep(1.0)
-
     def running_keys(self) -> list[str]:
         return list(self._runs)
 
@@ -329,28 +316,52 @@ class TaskiqEngine(Engine):
     async def _deliver(
         self, name: str, envelope: Envelope, attempt: int, context: Context | None
     ) -> None:
+        """Settle the delivery, then run in its slot the follow-ups handed to it, one after
+        another (a chain runs on in one slot)."""
         me = asyncio.current_task()
         if me is not None:
             self._deliveries.add(me)
+        slot = _Slot()
+        token = _SLOT.set(slot)
         try:
-            verdict = await self._settle(name, envelope, attempt, context)
+            while True:
+                slot.open = True
+                try:
+                    verdict = await self._settle_one(name, envelope, attempt, context)
+                finally:
+                    slot.open = False  # (a send retried later goes to the broker)
+                    self._local.discard(envelope.sig)
+                if verdict == "ack" and context is not None and context.is_ackable:
+                    await context.ack()
+                if not slot.follow_ups:
+                    return
+                (name, envelope), attempt, context = slot.follow_ups.popleft(), 0, None
+        finally:
+            _SLOT.reset(token)
+            if me is not None:
+                self._deliveries.discard(me)
+            for _, cut_off in slot.follow_ups:  # never ran: recovery's, from here on
+                self._local.discard(cut_off.sig)
+
+    async def _settle_one(
+        self, name: str, envelope: Envelope, attempt: int, context: Context | None
+    ) -> Verdict:
+        try:
+            return await self._settle(name, envelope, attempt, context)
         except Exception:
             if context is not None:
                 raise
-            # A run here has no message to leave for the broker: its outbox entry, or its lease
-            # once claimed, brings it back through recovery.
-            log.exception("run of %s (%s) here failed; recovery sends it again", name, envelope.sig)
-            return
-        finally:
-            if me is not None:
-                self._deliveries.discard(me)
-        if verdict == "ack" and context is not None and context.is_ackable:
-            await context.ack()
+            # A follow-up run in a handed-over slot has no message to leave to the broker: its
+            # outbox entry, or its lease once claimed, brings it back through recovery.
+            log.exception("run of %s (%s) failed; recovery sends it again", name, envelope.sig)
+            return "leave"
 
     async def _settle(
         self, name: str, envelope: Envelope, attempt: int, context: Context | None
     ) -> Verdict:
         task, runner = self._tasks[name]
+        if context is None and task.with_context:  # a follow-up in a handed-over slot
+            context = self._context_for(name, envelope, attempt)
         while True:
             ctx = TaskiqTaskContext(envelope.sig, name, attempt, task.retries, context)
             outcome = await self._attempt(task, runner, envelope, attempt, ctx)
@@ -369,6 +380,18 @@ class TaskiqEngine(Engine):
             waited = await self._wait_for_holder(envelope.sig, attempt)
             if waited != "take over":
                 return waited
+
+    def _context_for(self, name: str, envelope: Envelope, attempt: int) -> Context:
+        """taskiq's Context for a run that never was a broker message: the message it would
+        have been, and nothing to acknowledge."""
+        message = TaskiqMessage(
+            task_id=self.broker.id_generator(),
+            task_name=name,
+            labels=dict(MESSAGE_LABELS),
+            args=[],
+            kwargs={"envelope": envelope.to_dict(), "attempt": attempt},
+        )
+        return Context(message, self.broker)
 
     async def _attempt(
         self, task: TaskDef, runner: Runner, envelope: Envelope, attempt: int, ctx: Any
@@ -467,24 +490,3 @@ class TaskiqEngine(Engine):
             log.warning("could not dead-letter a message from %s yet (%s)", source, exc)
             return False
         return True
-
-    async def _junk(self, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> bool:
-        names = sorted(k.decode("utf-8", "replace") for k in fields)
-        error = poison(
-            PoisonReason.NO_DATA,
-            f"the stream entry has no 'data' field (fields: {', '.join(names) or 'none'})",
-        )
-        raw = {
-            k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()
-        }
-        return await self.bury(error, raw, f"taskiq stream {stream} entry {entry_id}")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-async def _close_quietly(pubsub: Any) -> None:
-    if pubsub is not None:
-        with contextlib.suppress(Exception):
-            await pubsub.aclose()

@@ -27,6 +27,9 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from taskiq import AckableMessage, AsyncBroker
 
+from mageflow.errors import PoisonMessageError
+from mageflow.poison import poison
+from mageflow.store.schema import PoisonReason
 from mageflow.store.streaming import CommandStream
 
 log = logging.getLogger("mageflow.taskiq")
@@ -83,6 +86,10 @@ ACK_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: Acknowledgements wait this long (s) for others to go in the same XACK, or until this many.
 ACK_DELAY = 0.005
 ACK_BATCH = 100
+#: At shutdown, the last acknowledgements get this long (s).
+ACK_FLUSH_TIMEOUT = 5.0
+#: A send (XADD) that gets no answer this long (s) fails, and its connection is given up.
+SEND_TIMEOUT = 15.0
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
 #: What the engine does with a stream entry that has no ``data`` field: (stream, id, fields);
@@ -253,14 +260,20 @@ def adapt_stream_broker(broker: AsyncBroker) -> None:
 
     async def kick(message: Any) -> None:
         queue_name = message.labels.get("queue_name") or stream.queue_name
-        trim = (
-            []
-            if stream.maxlen is None
-            else ["MAXLEN", "~" if stream.approximate else "=", stream.maxlen]
-        )
+        trim = [] if stream.maxlen is None else ["MAXLEN", stream.maxlen]
+        if trim and stream.approximate:
+            trim.insert(1, "~")
         if not sends:
             sends.append(CommandStream(stream.connection_pool))
-        await sends[0].execute("XADD", queue_name, *trim, "*", "data", message.message)
+        line = sends[0]
+        try:
+            # A half-open connection never answers (with socket_timeout=None nothing else would
+            # notice): give it up, so this send is retried and later ones use a new connection.
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await line.execute("XADD", queue_name, *trim, "*", "data", message.message)
+        except TimeoutError:
+            line.abandon(redis_errors.TimeoutError("the broker's Redis did not answer an XADD"))
+            raise
 
     acks = AckBatch(client, stream.consumer_group_name)
 
@@ -273,10 +286,15 @@ def adapt_stream_broker(broker: AsyncBroker) -> None:
     shutdown = stream.shutdown
 
     async def flush_then_shutdown() -> None:
-        await acks.flush()  # (a worker's last acknowledgements, before the pool closes)
-        if sends:
-            await sends.pop().aclose()
-        await shutdown()
+        try:  # a worker's last acknowledgements, before the pool closes
+            async with asyncio.timeout(ACK_FLUSH_TIMEOUT):
+                await acks.flush()
+        except TimeoutError:  # (those messages come back and are skipped as finished)
+            log.warning("could not send the last acknowledgements in %g s", ACK_FLUSH_TIMEOUT)
+        finally:
+            if sends:
+                await sends.pop().aclose()
+            await shutdown()
 
     stream.kick = kick
     stream._ack_generator = ack_generator
@@ -284,6 +302,24 @@ def adapt_stream_broker(broker: AsyncBroker) -> None:
     stream._mageflow_acks = acks
     stream.listen = lambda: _listen(stream, client)
     stream._mageflow_shared = True
+
+
+def junk_burier(bury: Callable[[PoisonMessageError, Any, str], Awaitable[bool]]) -> JunkHook:
+    """The :data:`JunkHook` that dead-letters an entry without data through ``bury`` (the
+    engine's: True once the letter is written)."""
+
+    async def hook(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> bool:
+        names = sorted(k.decode("utf-8", "replace") for k in fields)
+        error = poison(
+            PoisonReason.NO_DATA,
+            f"the stream entry has no 'data' field (fields: {', '.join(names) or 'none'})",
+        )
+        raw = {
+            k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()
+        }
+        return await bury(error, raw, f"taskiq stream {stream} entry {entry_id}")
+
+    return hook
 
 
 def set_junk_hook(broker: AsyncBroker, hook: JunkHook) -> None:
@@ -350,6 +386,9 @@ async def _ack(client: Redis, stream: str, group: str, entry_ids: list[str]) -> 
                 )
                 return
             await asyncio.sleep(pause)
+        except Exception as exc:  # (a reply error: retrying would not help)
+            log.warning("could not acknowledge %d stream entries: %r", len(entry_ids), exc)
+            return
 
 
 async def _listen(stream: Any, client: Redis) -> AsyncGenerator[AckableMessage, None]:

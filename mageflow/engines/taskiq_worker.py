@@ -168,7 +168,7 @@ class TaskiqWorker:
         """Serve until ``stop``; drain; 0 when every running task finished, 1 when forced."""
         engine, broker = self.engine, self.engine.broker
         engine.prepare_worker()
-        engine.local_limit = self.concurrency
+        engine.draining = False  # (a worker run again on the same client)
         for warning in broker_warnings(broker, self.concurrency):
             log.warning("%s", warning)
         try:
@@ -207,23 +207,16 @@ class TaskiqWorker:
         self.engine.draining = True
         finish.set()
         log.info("stopping: no new messages; waiting for %d running task(s)", self.engine.in_flight)
-        drained = asyncio.create_task(self._drain(listen))
         forcing = asyncio.create_task(force.wait())
         await asyncio.wait(
-            {drained, forcing}, timeout=self.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED
+            {listen, forcing}, timeout=self.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED
         )
         forcing.cancel()
-        if drained.done() and not drained.cancelled() and drained.exception() is None:
+        if listen.done() and not listen.cancelled() and listen.exception() is None:
             log.info("all running tasks finished; bye")
             return 0
-        drained.cancel()
         await self._abort(listen)
         return 1
-
-    async def _drain(self, listen: asyncio.Task[None]) -> None:
-        """The receiver's deliveries end, then the follow-ups running here."""
-        await asyncio.shield(listen)
-        await self.engine.settle_here()
 
     async def _abort(self, listen: asyncio.Task[None]) -> None:
         count = self.engine.abort()

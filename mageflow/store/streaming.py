@@ -213,6 +213,12 @@ class CommandStream:
         while it waits leaves its command in the line: it still runs."""
         return await self._enqueue(self._packer.pack(*args), resend=False)
 
+    def abandon(self, exc: Exception) -> None:
+        """Give up on the current connection (say, no answer came in time): the commands
+        written on it and not answered fail with ``exc``; queued ones go out on a new one."""
+        if self._line is not None:
+            self._drop(self._line, exc)
+
     async def aclose(self) -> None:
         """Stop the writer and reader and give the connection back; calls still unanswered get
         a ConnectionError (as they would if the client closed under a pipeline)."""

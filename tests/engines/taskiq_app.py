@@ -166,3 +166,34 @@ async def limited(msg: Num) -> int:
     """Rate limited across every worker (tests/engines/test_taskiq_scheduling.py)."""
     await record("limited", value={"x": msg.x, "pid": PID, "at": time.time()})
     return msg.x
+
+
+class Step(BaseModel):
+    prev: ReturnValue[int] = 0
+    tag: str
+    seconds: float = 0.0
+
+
+@mf.task(name="step")
+async def step(msg: Step, ctx: TaskiqTaskContext) -> int:
+    """One step of a chain (tests/engines/test_taskiq_run_here.py): records how many ``step``
+    bodies of its tag run at once on this worker, and what taskiq context it got."""
+    redis = mf.store.redis
+    running = await redis.incr(key("running", msg.tag))
+    try:
+        message = ctx.taskiq.message if ctx.taskiq is not None else None
+        await record(
+            "step",
+            msg.tag,
+            msg.prev,
+            value={
+                "pid": PID,
+                "running": running,
+                "task": message.task_name if message else None,
+                "kwargs": sorted(message.kwargs) if message else None,
+            },
+        )
+        await asyncio.sleep(msg.seconds)
+    finally:
+        await redis.decr(key("running", msg.tag))
+    return msg.prev + 1

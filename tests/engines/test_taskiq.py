@@ -262,25 +262,6 @@ async def test_retries_are_sent_again_with_the_next_attempt(
 # -- (b, c) chains and swarms across two workers ---------------------------------------------------
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("run_here", [True, False])
-async def test_a_worker_runs_the_next_step_itself_unless_told_not_to(
-    clusters: Callable[..., Cluster], run_here: bool
-) -> None:
-    cluster = clusters("stream", run_here=run_here)
-    worker = cluster.start(concurrency=4)
-    await cluster.ready(worker)
-    async with cluster.producer() as mf:
-        await registered(cluster, mf)
-        chain = await mf.chain([await mf.sign("add", amount=1) for _ in range(5)])
-        assert await chain.aio_run({"prev": 0}, timeout=30) == 5
-    assert [len(cluster.records("add", i)) for i in range(5)] == [1] * 5  # each step ran once
-    # Messages the broker handed out: the first step only, when the worker runs the rest itself.
-    (group,) = cluster.broker.xinfo_groups(cluster.queue)
-    assert group["entries-read"] == (1 if run_here else 5)
-    await until(lambda: cluster.pending() == 0, 10, "every delivery acknowledged")
-
-
 async def chain_and_swarm(cluster: Cluster, mf: Mageflow) -> set[str]:
     """Run a chain and a swarm; return the pids of the workers that ran swarm members."""
     steps = [
