@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -70,6 +71,7 @@ def run_session(
             while todo:
                 workload = todo.pop(0)
                 probe = probe_for(workload) if probe_for else StatsProbe(env, contender)
+                gc.collect()  # (not inside the timed run: earlier runs left garbage here)
                 idle = procs.wait_quiet()
                 started = time.monotonic()
                 result = contender.run(workload, rep, probe, env.sizes)

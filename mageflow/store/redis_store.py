@@ -40,7 +40,7 @@ from mageflow.store.schema import (
     decode,
 )
 from mageflow.store.scripts import SCRIPT_NAMES, STANDALONE, script_source
-from mageflow.store.streaming import ScriptStream
+from mageflow.store.streaming import CommandStream, ScriptStream
 from mageflow.store.writes import hash_mapping
 
 T = TypeVar("T")
@@ -186,7 +186,17 @@ class Store:
         KEYS and ARGV (for pipelines that queue it with other commands, see writes.py)."""
         shard = self.keys.shard(key_list[0])
         full = self.script_args(key_list, args, "", shard)
-        return ["evalsha", self.sha[name], len(shard.indexes) + len(key_list), *full]
+        return ["EVALSHA", self.sha[name], len(shard.indexes) + len(key_list), *full]
+
+    async def transaction(self, commands: list[list[Any]]) -> list[Any]:
+        """``commands`` in one MULTI/EXEC, on the script stream if there is one (else a
+        cluster's transaction pipeline); their replies."""
+        if isinstance(self._scripts, CommandStream):
+            return await self._scripts.transaction(commands)
+        pipe = self.redis.pipeline(transaction=True)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute())
 
     def script_args(
         self, key_list: list[str], args: list[Any], acks: str = "", shard: Shard | None = None

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -159,11 +159,14 @@ class Packer:
 
 
 class _Call:
-    __slots__ = ("future", "packed", "resend")
+    __slots__ = ("future", "packed", "replies", "resend")
 
-    def __init__(self, packed: bytes, future: asyncio.Future[Any], resend: bool):
+    def __init__(
+        self, packed: bytes, future: asyncio.Future[Any], resend: bool, replies: int = 1
+    ) -> None:
         self.packed, self.future = packed, future
         self.resend = resend  # a script call: sent again once if Redis answers NOSCRIPT
+        self.replies = replies  # replies still to read; the last one is the answer
 
 
 class _Line:
@@ -213,6 +216,19 @@ class CommandStream:
         while it waits leaves its command in the line: it still runs."""
         return await self._enqueue(self._packer.pack(*args), resend=False)
 
+    async def transaction(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run ``commands`` in one MULTI/EXEC, written together so that nothing else lands
+        inside it; their replies. If one of them failed (Redis runs the others all the same,
+        as it does for any MULTI), its error is raised, as redis-py's pipeline does."""
+        pack = self._packer.pack
+        packed = b"".join([pack("MULTI"), *(pack(*c) for c in commands), pack("EXEC")])
+        replies = await self._enqueue(packed, resend=False, replies=len(commands) + 2)
+        if isinstance(replies, list):
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return list(replies)
+
     def abandon(self, exc: Exception) -> None:
         """Give up on the current connection (say, no answer came in time): the commands
         written on it and not answered fail with ``exc``; queued ones go out on a new one."""
@@ -232,12 +248,12 @@ class CommandStream:
         self._queue = deque()
         _fail_closed(left)
 
-    def _enqueue(self, packed: bytes, resend: bool) -> asyncio.Future[Any]:
+    def _enqueue(self, packed: bytes, resend: bool, replies: int = 1) -> asyncio.Future[Any]:
         """Queue a packed command (synchronously: the order of calls is the order of
         execution); the future gets its answer."""
         if self._closed:
             raise redis_errors.ConnectionError("the stream is closed")
-        call = _Call(packed, asyncio.get_running_loop().create_future(), resend)
+        call = _Call(packed, asyncio.get_running_loop().create_future(), resend, replies)
         self._queue.append(call)
         self._kick()
         return call.future
@@ -315,6 +331,10 @@ class CommandStream:
                     reply = await conn.read_response()
                 except redis_errors.ResponseError as exc:  # an error reply: an answer
                     reply = exc
+                call = line.flying[0]
+                call.replies -= 1
+                if call.replies > 0:  # MULTI's OK and the QUEUEDs: EXEC's reply tells
+                    continue
                 self._answer(line.flying.popleft(), reply)
                 if self._queue:  # the writer may be waiting for room in the window
                     line.wake.set()

@@ -25,8 +25,7 @@ class Multis:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.pipes: dict[Shard, Any] = {}
-        self.counts: dict[Shard, int] = {}
+        self.commands: dict[Shard, list[list[Any]]] = {}
         self.touched: dict[Shard, list[str]] = {}
         #: (channel, message) published once the MULTIs committed (a cluster pipeline refuses
         #: PUBLISH, and a waiter told earlier could look before the change is there).
@@ -34,29 +33,38 @@ class Multis:
 
     def reserve(self, key: str) -> Shard:
         shard = self.store.keys.shard(key)
-        if shard not in self.pipes:
-            self.pipes[shard] = self.store.redis.pipeline(transaction=True)
-            self.counts[shard], self.touched[shard] = 0, []
+        if shard not in self.commands:
+            self.commands[shard], self.touched[shard] = [], []
         return shard
 
     def add(
-        self, key: str, touched: list[str], command: str, *args: Any, **kw: Any
+        self,
+        key: str,
+        touched: list[str],
+        command: str,
+        *args: Any,
+        mapping: Mapping[Any, Any] | None = None,
     ) -> tuple[Shard, int]:
-        """Queue ``command`` in the MULTI of ``key``'s shard; (shard, index of its result)."""
+        """Queue ``command`` (its Redis name and arguments; a ``mapping`` adds field-value
+        pairs, for HSET) in the MULTI of ``key``'s shard; (shard, index of its result)."""
         shard = self.reserve(key)
-        getattr(self.pipes[shard], command)(*args, **kw)
+        queued = self.commands[shard]
+        queued.append(
+            [command, *args, *(x for pair in mapping.items() for x in pair)]
+            if mapping
+            else [command, *args]
+        )
         self.touched[shard] += touched
-        self.counts[shard] += 1
-        return shard, self.counts[shard] - 1
+        return shard, len(queued) - 1
 
     async def execute(self) -> dict[Shard, list[Any]]:
         out: dict[Shard, list[Any]] = {}
-        for shard, pipe in self.pipes.items():
-            if self.counts[shard] == 0:
+        for shard, commands in self.commands.items():
+            if not commands:
                 continue
             if self.store.check_slots:
                 one_slot("MULTI", self.touched[shard])
-            out[shard] = await pipe.execute()
+            out[shard] = await self.store.transaction(commands)
         for channel, message in self.notices:
             await self.store.redis.publish(channel, message)
         return out
@@ -117,14 +125,14 @@ async def create_many(
 def _write_record(store: Store, multis: Multis, rec: NewRecord, replace: bool = False) -> None:
     if replace:  # member lists too when new ones follow (a move within a shard)
         gone = [rec.key, K.members(rec.key), K.queue(rec.key)] if rec.members else [rec.key]
-        multis.add(rec.key, gone, "delete", *gone)
-    multis.add(rec.key, [rec.key], "hset", rec.key, mapping=_marked(rec.fields))
+        multis.add(rec.key, gone, "DEL", *gone)
+    multis.add(rec.key, [rec.key], "HSET", rec.key, mapping=_marked(rec.fields))
     ttl_ms = store.active_ms(rec.fields.get(Field.KIND, Kind.TASK))
-    multis.add(rec.key, [rec.key], "pexpire", rec.key, ttl_ms)
+    multis.add(rec.key, [rec.key], "PEXPIRE", rec.key, ttl_ms)
     # A swarm that has not started yet has every member still waiting for a slot.
     for sub in [K.members(rec.key), K.queue(rec.key)] if rec.members else []:
-        multis.add(rec.key, [sub], "rpush", sub, *rec.members)
-        multis.add(rec.key, [sub], "pexpire", sub, ttl_ms)
+        multis.add(rec.key, [sub], "RPUSH", sub, *rec.members)
+        multis.add(rec.key, [sub], "PEXPIRE", sub, ttl_ms)
 
 
 def _write_moved(
@@ -136,8 +144,8 @@ def _write_moved(
     fields.pop(Field.OWNER, None)
     if owner != parent:  # a step's or member's owner is its parent and is not stored
         fields[Field.OWNER] = owner
-    multis.add(new, [new], "hset", new, mapping=hash_mapping(fields))
-    multis.add(new, [new], "pexpire", new, store.active_ms(Kind.TASK))
+    multis.add(new, [new], "HSET", new, mapping=hash_mapping(fields))
+    multis.add(new, [new], "PEXPIRE", new, store.active_ms(Kind.TASK))
 
 
 async def write_raw(store: Store, records: list[NewRecord], forward: dict[str, str]) -> None:
@@ -152,13 +160,13 @@ async def write_raw(store: Store, records: list[NewRecord], forward: dict[str, s
     for old, new in forward.items():
         if new == old:
             continue
-        multis.add(old, [old, *K.sub_keys(old)], "delete", old, *K.sub_keys(old))
+        multis.add(old, [old, *K.sub_keys(old)], "DEL", old, *K.sub_keys(old))
         if new:
             # A moved signature leaves a note, so keys handed out earlier still resolve;
             # the note is short-lived (done TTL) so it never outlives the workflow.
             note = {Field.MARK: RECORD_MARK, Field.MOVED: new}
-            multis.add(old, [old], "hset", old, mapping=note)
-            multis.add(old, [old], "pexpire", old, done_ms)
+            multis.add(old, [old], "HSET", old, mapping=note)
+            multis.add(old, [old], "PEXPIRE", old, done_ms)
             # A waiter listening under the old key looks it up again (see waiting.py).
             multis.notices.append((store.keys.done_channel(old), f"{old} {Notice.MOVED}"))
     for rec in records:
