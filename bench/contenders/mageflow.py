@@ -79,7 +79,6 @@ async def _callbacks(mf: Mageflow, sizes: Sizes, timeout: float) -> tuple[float,
         for _ in range(sizes.callbacks_n):
             callback = await mf.sign(NOOP)
             pairs.append((await mf.sign(NOOP, success_callbacks=[callback]), callback))
-    await bounded_gather((mf.notifier.watch(cb.key) for _, cb in pairs), WAIT_LIMIT)
     built = clock() - t0
     # Launched concurrently, as raw Taskiq's client kicks its tasks (asyncio.gather).
     await bounded_gather(
@@ -101,7 +100,6 @@ async def _burst(mf: Mageflow, sizes: Sizes, timeout: float) -> tuple[float, Key
     t0 = clock()
     async with mf.abounded_field():  # every chain in one MULTI/EXEC
         chains = [await mf.chain([NOOP] * sizes.burst_len) for _ in range(sizes.burst_n)]
-    await bounded_gather((mf.notifier.watch(c.key) for c in chains), WAIT_LIMIT)
     built = clock() - t0
     await bounded_gather((c.aio_run_no_wait({"x": i}) for i, c in enumerate(chains)), WAIT_LIMIT)
     values = await bounded_gather((c.aresult(timeout=timeout) for c in chains), WAIT_LIMIT)
