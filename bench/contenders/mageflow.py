@@ -24,7 +24,7 @@ from bench.wiring import Wiring
 from mageflow import Mageflow, SwarmConfig
 
 KeysFn = Callable[[], Awaitable[list[str]]]
-WAIT_LIMIT = 50  # client-side waits (and marks) in progress at once
+WAIT_LIMIT = 50  # client-side launches and waits in progress at once
 
 
 async def _swarm(mf: Mageflow, sizes: Sizes, timeout: float) -> tuple[float, KeysFn]:
