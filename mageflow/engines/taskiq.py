@@ -34,7 +34,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from taskiq import AsyncBroker, Context, TaskiqDepends, TaskiqMessage
+from taskiq import AsyncBroker, Context, TaskiqDepends
 from taskiq.kicker import AsyncKicker
 
 from mageflow.engines.base import Engine, EngineServices, Runner, RunOutcome
@@ -46,7 +46,12 @@ from mageflow.engines.taskiq_streams import (
     stream_settings,
     sweep_streams,
 )
-from mageflow.engines.taskiq_wire import MESSAGE_LABELS, broker_message, direct_send
+from mageflow.engines.taskiq_wire import (
+    MESSAGE_LABELS,
+    broker_message,
+    direct_send,
+    taskiq_message,
+)
 from mageflow.envelope import Envelope
 from mageflow.errors import ConfigurationError, PoisonMessageError, RedisUnavailableError
 from mageflow.status import SignatureStatus
@@ -384,13 +389,7 @@ class TaskiqEngine(Engine):
     def _context_for(self, name: str, envelope: Envelope, attempt: int) -> Context:
         """taskiq's Context for a run that never was a broker message: the message it would
         have been, and nothing to acknowledge."""
-        message = TaskiqMessage(
-            task_id=self.broker.id_generator(),
-            task_name=name,
-            labels=dict(MESSAGE_LABELS),
-            args=[],
-            kwargs={"envelope": envelope.to_dict(), "attempt": attempt},
-        )
+        message = taskiq_message(self.broker, name, envelope.to_dict(), attempt)
         return Context(message, self.broker)
 
     async def _attempt(

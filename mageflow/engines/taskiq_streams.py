@@ -299,7 +299,6 @@ def adapt_stream_broker(broker: AsyncBroker) -> None:
     stream.kick = kick
     stream._ack_generator = ack_generator
     stream.shutdown = flush_then_shutdown
-    stream._mageflow_acks = acks
     stream.listen = lambda: _listen(stream, client)
     stream._mageflow_shared = True
 

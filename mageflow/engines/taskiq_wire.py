@@ -24,7 +24,7 @@ from typing import Any
 from taskiq import AsyncBroker, TaskiqMiddleware
 from taskiq.formatters.proxy_formatter import ProxyFormatter
 from taskiq.labels import prepare_label
-from taskiq.message import BrokerMessage
+from taskiq.message import BrokerMessage, TaskiqMessage
 from taskiq.serializers.json_serializer import JSONSerializer
 
 #: Labels of every message mageflow sends: the engine acknowledges deliveries itself.
@@ -64,6 +64,18 @@ def direct_run(broker: AsyncBroker) -> bool:
     )
 
 
+def _body(broker: AsyncBroker, name: str, envelope: dict[str, Any], attempt: int) -> dict[str, Any]:
+    """The fields of a mageflow message, as taskiq's formatter dumps a ``TaskiqMessage``."""
+    return {
+        "task_id": broker.id_generator(),
+        "task_name": name,
+        "labels": _LABELS,
+        "labels_types": _LABEL_TYPES,
+        "args": [],
+        "kwargs": {"envelope": envelope, "attempt": attempt},
+    }
+
+
 def broker_message(
     broker: AsyncBroker, name: str, envelope: dict[str, Any], attempt: int
 ) -> BrokerMessage:
@@ -71,16 +83,18 @@ def broker_message(
     would send, built directly (see the module doc; only when :func:`direct_send`)."""
     serializer = broker.serializer
     assert isinstance(serializer, JSONSerializer)
-    task_id = broker.id_generator()
-    body = {
-        "task_id": task_id,
-        "task_name": name,
-        "labels": _LABELS,
-        "labels_types": _LABEL_TYPES,
-        "args": [],
-        "kwargs": {"envelope": envelope, "attempt": attempt},
-    }
+    body = _body(broker, name, envelope, attempt)
     data = json.dumps(body, default=serializer.default, ensure_ascii=serializer.ensure_ascii)
     return BrokerMessage(
-        task_id=task_id, task_name=name, message=data.encode(), labels=dict(MESSAGE_LABELS)
+        task_id=body["task_id"], task_name=name, message=data.encode(), labels=dict(MESSAGE_LABELS)
     )
+
+
+def taskiq_message(
+    broker: AsyncBroker, name: str, envelope: dict[str, Any], attempt: int
+) -> TaskiqMessage:
+    """The message as a worker parses it on arrival, for a run that never was one (a follow-up
+    handed a worker's slot): what its task's taskiq ``Context`` shows."""
+    message = TaskiqMessage.model_validate(_body(broker, name, envelope, attempt))
+    message.parse_labels()
+    return message

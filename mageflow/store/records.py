@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,3 +109,9 @@ def message_dict(msg: Any) -> dict[str, Any]:
             encode(str(name), value, "message field")
         return dict(msg)
     raise InvalidArgumentError("a message", "a pydantic model, a dict or None", msg)
+
+
+def hash_mapping(fields: Mapping[str, str]) -> Any:
+    """``fields`` as redis-py's ``hset(mapping=...)`` takes them: it types the mapping with an
+    invariant key union, which a str-keyed dict satisfies at run time."""
+    return dict(fields)

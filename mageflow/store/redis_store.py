@@ -28,7 +28,7 @@ from mageflow.store import keys as K
 from mageflow.store import writes
 from mageflow.store.batching import AnyRedis, ScriptBatcher
 from mageflow.store.keys import KeySchema, Shard, one_slot
-from mageflow.store.records import NewRecord, Record
+from mageflow.store.records import NewRecord, Record, hash_mapping
 from mageflow.store.schema import (
     RECORD_MARK,
     Action,
@@ -41,7 +41,6 @@ from mageflow.store.schema import (
 )
 from mageflow.store.scripts import SCRIPT_NAMES, STANDALONE, script_source
 from mageflow.store.streaming import CommandStream, ScriptStream
-from mageflow.store.writes import hash_mapping
 
 T = TypeVar("T")
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)

@@ -144,7 +144,7 @@ def _write_moved(
     fields.pop(Field.OWNER, None)
     if owner != parent:  # a step's or member's owner is its parent and is not stored
         fields[Field.OWNER] = owner
-    multis.add(new, [new], "HSET", new, mapping=hash_mapping(fields))
+    multis.add(new, [new], "HSET", new, mapping=fields)
     multis.add(new, [new], "PEXPIRE", new, store.active_ms(Kind.TASK))
 
 
@@ -175,11 +175,6 @@ async def write_raw(store: Store, records: list[NewRecord], forward: dict[str, s
         await multis.execute()
 
 
-def _marked(fields: dict[str, str]) -> Any:
+def _marked(fields: dict[str, str]) -> dict[str, str]:
     """A new record's fields with the record marker the scripts look for."""
     return {**fields, Field.MARK: RECORD_MARK}
-
-
-def hash_mapping(fields: Mapping[str, str]) -> Any:
-    # redis-py types HSET's mapping with an invariant key union; a str-keyed dict works fine.
-    return dict(fields)
