@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
-from test_streaming import Rig, rig, server  # noqa: F401
+from test_streaming import Rig, rig, server, until_paused_with  # noqa: F401
 
 from mageflow.store.streaming import MAX_IN_FLIGHT, CommandStream
 
@@ -42,14 +42,12 @@ class Commands:
     async def until_held(self, written: int) -> None:
         """Until the paused server holds the stream's first command and ``written`` are out of
         the queue (written, or answered)."""
-        deadline = asyncio.get_running_loop().time() + 10
-        while True:
-            entry = await self.stream_client()
+
+        def out() -> bool:
             line = self.stream._line
-            if "b" in entry["flags"] and line is not None and len(line.flying) == written:
-                return
-            assert asyncio.get_running_loop().time() < deadline, entry
-            await asyncio.sleep(0.02)
+            return line is not None and len(line.flying) == written
+
+        await until_paused_with(self.stream_client, out)
 
 
 @pytest.fixture

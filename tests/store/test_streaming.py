@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +107,22 @@ class Rig:
 
     async def until_held(self) -> None:
         """Wait until every call made is written (none left in the stream's queue) and the
-        paused server holds the first of them (flag ``b``: postponed)."""
-        deadline = asyncio.get_running_loop().time() + 10
-        while True:
-            entry = await self.stream_client()
-            if "b" in entry["flags"] and not self.stream._queue:
-                return
-            assert asyncio.get_running_loop().time() < deadline, entry
-            await asyncio.sleep(0.02)
+        paused server holds the first of them."""
+        await until_paused_with(self.stream_client, lambda: not self.stream._queue)
+
+
+async def until_paused_with(
+    stream_client: Callable[[], Awaitable[dict[str, Any]]], ready: Callable[[], bool]
+) -> None:
+    """Wait (10 s at most) until the paused server holds the stream's connection (its CLIENT
+    LIST flag ``b``: postponed) and ``ready()``."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        entry = await stream_client()
+        if "b" in entry["flags"] and ready():
+            return
+        assert asyncio.get_running_loop().time() < deadline, entry
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
